@@ -1,0 +1,282 @@
+"""Command line: ``tmstarget bids_dir output_dir participant [options]`` (the BIDS Apps contract).
+
+The CLI checks the request, collects inputs, runs the Nipype graph and reports; it does no science.
+Exit codes: 0 success, 1 failure (bad data, processing error), 2 wrong use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from bids_app import __version__
+from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options
+
+LOGGER = logging.getLogger("tmstarget")
+SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
+
+
+class UsageError(Exception):
+    """Wrong use of the command line (exit code 2)."""
+
+
+def _key_value(text):
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tmstarget",
+        description="Connectivity-guided left-DLPFC TMS targets (sgACC anticorrelation) from "
+        "fMRIPrep outputs, written as BIDS-Derivatives.")
+    parser.add_argument("bids_dir", type=Path,
+                        help="fMRIPrep derivatives folder, or a raw BIDS dataset (see --derivatives)")
+    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant"],
+                        help="'participant' processes each participant")
+    parser.add_argument("--version", action="version", version=f"tmstarget {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more messages (-vv: Nipype's too, and tracebacks)")
+
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="participants to process (01 or sub-01); all when omitted")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions to use; all when omitted")
+    g.add_argument("--task-id", metavar="TASK", help="task of the resting-state runs (default: rest)")
+    g.add_argument("--space", choices=SPACES,
+                   help="space of the BOLD runs to compute in (default: MNI152NLin2009cAsym)")
+    g.add_argument("--derivatives", nargs="+", type=_key_value, metavar="NAME=PATH",
+                   help="where the fMRIPrep outputs are when bids_dir is raw BIDS: fmriprep=PATH")
+    g.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                   help='JSON of pybids filters by file kind, e.g. {"bold": {"acquisition": "mb"}}')
+    g.add_argument("--config-file", type=Path, metavar="FILE",
+                   help="options saved by an earlier run (sub-*/log/config.json); flags override it")
+
+    g = parser.add_argument_group("denoising")
+    g.add_argument("--confounds", choices=sorted(CONFOUND_STRATEGIES),
+                   help="confound strategy (default: gsr). " + "; ".join(
+                       f"{k}: {v['description']}" for k, v in CONFOUND_STRATEGIES.items()))
+    g.add_argument("--fd-threshold", type=float, metavar="MM",
+                   help="censor volumes with framewise displacement above MM (default: no censoring; "
+                   "0.5 is the usual choice, Power et al. 2012)")
+    g.add_argument("--min-time", type=float, metavar="S",
+                   help="drop runs keeping less than S seconds after censoring (default: 240)")
+    g.add_argument("--high-pass", type=float, metavar="HZ", help="band-pass lower edge (default: 0.01)")
+    g.add_argument("--low-pass", type=float, metavar="HZ", help="band-pass upper edge (default: 0.1)")
+    g.add_argument("--smoothing-fwhm", type=float, metavar="MM", help="Gaussian smoothing (default: 6)")
+
+    g = parser.add_argument_group("seed and target")
+    g.add_argument("--seed-center", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="seed sphere centre, MNI mm (default: sgACC 6 16 -10, Fox et al. 2012)")
+    g.add_argument("--seed-radius", type=float, metavar="MM", help="seed sphere radius (default: 10)")
+    g.add_argument("--seed-image", type=Path, metavar="FILE",
+                   help="seed mask or weighted seed map in MNI152NLin2009cAsym (replaces the sphere)")
+    g.add_argument("--seed-name", metavar="NAME", help="seed name used in file names (default: sgACC)")
+    g.add_argument("--search-region-image", type=Path, metavar="FILE",
+                   help="search-region mask in MNI152NLin2009cAsym (default: the four DLPFC spheres)")
+    g.add_argument("--target-method", choices=sorted(TARGET_METHODS),
+                   help="target selection (default: cluster). " + "; ".join(
+                       f"{k}: {v}" for k, v in TARGET_METHODS.items()))
+    g.add_argument("--cluster-percentile", type=float, metavar="PCT",
+                   help="most negative share of search-region voxels for 'cluster' (default: 10)")
+    g.add_argument("--gm-threshold", type=float, metavar="P",
+                   help="grey-matter probability threshold (default: 0.5)")
+
+    g = parser.add_argument_group("resources")
+    g.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
+                   help="Nipype work dir; re-using it skips finished steps (default: $TMPDIR/tmstarget_work)")
+    g.add_argument("--nprocs", "--n-cpus", type=int, default=1, metavar="N", help="parallel processes")
+    g.add_argument("--omp-nthreads", type=int, default=1, metavar="N", help="threads per process")
+    g.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for the scheduler")
+    return parser
+
+
+# Command-line flags that map one to one onto Options fields.
+_OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "high_pass", "low_pass",
+                 "smoothing_fwhm", "seed_center", "seed_radius", "seed_name", "target_method",
+                 "cluster_percentile", "gm_threshold")
+
+
+def resolve_options(args):
+    """Options from the defaults, then ``--config-file``, then the flags given."""
+    from bids_app.collect import clean_label
+
+    if args.config_file:
+        try:
+            options = Options.from_file(args.config_file)
+        except (OSError, ValueError, TypeError) as err:
+            raise UsageError(f"--config-file {args.config_file}: {err}; give a config.json written "
+                             "by tmstarget") from None
+    else:
+        options = Options()
+    for name in _OPTION_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(options, name, tuple(value) if name == "seed_center" else value)
+    for name in ("seed_image", "search_region_image"):
+        value = getattr(args, name)
+        if value is not None:
+            if not value.is_file():
+                raise UsageError(f"--{name.replace('_', '-')} {value} does not exist")
+            setattr(options, name, str(value.resolve()))
+    try:
+        if args.participant_label:
+            options.participant_label = [clean_label(x) for x in args.participant_label]
+        if args.session_label:
+            options.session_label = [clean_label(x, "session") for x in args.session_label]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.bids_filter_file:
+        try:
+            options.bids_filters = json.loads(args.bids_filter_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"--bids-filter-file {args.bids_filter_file}: {err}") from None
+        if not isinstance(options.bids_filters, dict) or not set(options.bids_filters) <= {"bold", "t1w"}:
+            raise UsageError(f"--bids-filter-file {args.bids_filter_file}: expected a JSON object with "
+                             'keys "bold" and/or "t1w"')
+    if not options.high_pass < options.low_pass:
+        raise UsageError("--high-pass must be lower than --low-pass")
+    return options
+
+
+def check_paths(args):
+    """Refuse a missing input or an output dir that would write into the inputs."""
+    if not args.bids_dir.is_dir():
+        raise UsageError(f"bids_dir {args.bids_dir} does not exist")
+    bids_dir = args.bids_dir.resolve()
+    output_dir = args.output_dir.resolve()
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        raise UsageError(f"output_dir {args.output_dir} is inside bids_dir {args.bids_dir}: choose an "
+                         "output folder outside the input dataset")
+
+
+def _configure_nipype(work_dir, verbose):
+    from nipype import config, logging as nipype_logging
+
+    config.update_config({
+        "execution": {"crashdump_dir": str(work_dir / "crash"), "crashfile_format": "txt",
+                      "stop_on_first_crash": "true", "remove_unnecessary_outputs": "false",
+                      "check_version": "false", "use_relative_paths": "false"},
+        "logging": {"workflow_level": "INFO" if verbose >= 2 else "WARNING",
+                    "interface_level": "INFO" if verbose >= 2 else "ERROR",
+                    "utils_level": "WARNING"},
+        "monitoring": {"enabled": "false"},
+    })
+    nipype_logging.update_logging(config)
+
+
+def _crash_message(crash_dir, since):
+    """The last line of the newest Nipype crash report written after ``since``."""
+    reports = sorted((p for p in Path(crash_dir).glob("crash-*.txt") if p.stat().st_mtime >= since),
+                     key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return None
+    lines = [line.strip() for line in reports[-1].read_text().splitlines() if line.strip()]
+    errors = [line for line in lines if "Error: " in line or "Exception: " in line]
+    message = (errors or lines)[-1]
+    return message.split(": ", 1)[1] if ": " in message else message
+
+
+def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
+    """Build and run one participant's graph; return the path of its targets table."""
+    from bids_app.derivatives import participant_paths
+    from workflows.base import init_participant_wf
+
+    workflow = init_participant_wf(inputs, options, output_dir, source_dir)
+    workflow.base_dir = str(work_dir)
+    if args.nprocs > 1:
+        plugin_args = {"n_procs": args.nprocs, "raise_insufficient": False}
+        if args.mem_gb:
+            plugin_args["memory_gb"] = args.mem_gb
+        workflow.run(plugin="MultiProc", plugin_args=plugin_args)
+    else:
+        workflow.run(plugin="Linear")
+    return participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
+                             options.seed_name)["targets"]
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s tmstarget %(levelname)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    # Set before numpy's BLAS starts its threads (numerical modules are imported below).
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(args.omp_nthreads)
+    try:
+        check_paths(args)
+        return _run(args, resolve_options(args))
+    except UsageError as err:
+        parser.error(str(err))  # exits with 2
+    except Exception as err:  # one line for the user; the traceback with -vv
+        if args.verbose >= 2:
+            raise
+        print(f"tmstarget: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args, options):
+    from bids_app.collect import InputError, collect_participant, find_fmriprep_dir, load_layout
+    from bids_app.derivatives import write_dataset_description
+
+    derivatives = dict(args.derivatives or [])
+    source_dir = find_fmriprep_dir(args.bids_dir, derivatives).resolve()
+    output = Path(args.output_dir).resolve()
+    if output == source_dir or source_dir in output.parents:
+        raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
+                         "choose an output folder outside the input dataset")
+    layout = load_layout(source_dir)
+    available = layout.get_subjects()
+    subjects = options.participant_label or available
+    missing = sorted(set(subjects) - set(available))
+    if missing:
+        raise InputError(f"participant(s) {', '.join(missing)} not found in {source_dir} "
+                         f"(available: {', '.join(available) or 'none'})")
+    if not subjects:
+        raise InputError(f"no participant in {source_dir}: is it an fMRIPrep output folder?")
+
+    work_dir = (args.work_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "tmstarget_work").resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _configure_nipype(work_dir, args.verbose)
+
+    collected = [collect_participant(layout, subject, options.task_id, options.space,
+                                     options.session_label, options.bids_filters)
+                 for subject in subjects]
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output_dir, source_dir, collected[0].source_version)
+
+    for inputs in collected:
+        LOGGER.info("sub-%s: %d run(s) in %s%s", inputs.subject, len(inputs.runs), inputs.space,
+                    "" if inputs.t1w else " (no T1w: the scalp projection is skipped)")
+        start = time.time()
+        try:
+            targets = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
+        except RuntimeError as err:
+            message = _crash_message(work_dir / "crash", start) or str(err)
+            raise InputError(f"sub-{inputs.subject}: {message}") from None
+        _report(inputs, targets, time.time() - start)
+    return 0
+
+
+def _report(inputs, targets_file, seconds):
+    import pandas as pd
+
+    row = pd.read_csv(targets_file, sep="\t").set_index("name").loc["connectivity"]
+    scalp = (f"; scalp point ({row.scalp_x:.1f}, {row.scalp_y:.1f}, {row.scalp_z:.1f}) mm, "
+             f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
+    print(f"sub-{inputs.subject}: connectivity target at ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm "
+          f"in {inputs.space} (Fisher z {row.seed_correlation_z:.2f}){scalp} [{seconds:.0f} s]\n"
+          f"  {targets_file}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Defaults of tmstarget, each with the literature it comes from, and the options of one run.
+
+Every number the science depends on is defined here once. The command line, the JSON sidecars and
+the README all read them from this module, so a default cannot drift from its documented source.
+All coordinates are world millimetres, RAS, in MNI space (MNI152NLin2009cAsym; the published sites
+were reported in MNI152 space and the MNI152 variants differ by a few mm at most).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REFERENCES = {
+    "Fox2012": "Fox MD, Buckner RL, White MP, Greicius MD, Pascual-Leone A. Efficacy of transcranial "
+    "magnetic stimulation targets for depression is related to intrinsic functional connectivity with "
+    "the subgenual cingulate. Biol Psychiatry. 2012;72(7):595-603. doi:10.1016/j.biopsych.2012.04.028",
+    "Cash2019": "Cash RFH, Zalesky A, Thomson RH, Tian Y, Cocchi L, Fitzgerald PB. Subgenual functional "
+    "connectivity predicts antidepressant treatment response to transcranial magnetic stimulation: "
+    "independent validation and evaluation of personalization. Biol Psychiatry. 2019;86(2):e5-e7. "
+    "doi:10.1016/j.biopsych.2018.12.002",
+    "Cash2021": "Cash RFH, Cocchi L, Lv J, Wu Y, Fitzgerald PB, Zalesky A. Personalized connectivity-guided "
+    "DLPFC-TMS for depression: advancing computational feasibility, precision and reproducibility. "
+    "Hum Brain Mapp. 2021;42(13):4155-4172. doi:10.1002/hbm.25330",
+    "MirMoghtadaei2015": "Mir-Moghtadaei A, Caballero R, Fried P, et al. Concordance between BeamF3 and "
+    "MRI-neuronavigated target sites for repetitive transcranial magnetic stimulation of the left "
+    "dorsolateral prefrontal cortex. Brain Stimul. 2015;8(5):965-973. doi:10.1016/j.brs.2015.05.008",
+    "Ciric2017": "Ciric R, Wolf DH, Power JD, et al. Benchmarking of participant-level confound regression "
+    "strategies for the control of motion artifact in studies of functional connectivity. Neuroimage. "
+    "2017;154:174-187. doi:10.1016/j.neuroimage.2017.03.020",
+    "Satterthwaite2013": "Satterthwaite TD, Elliott MA, Gerraty RT, et al. An improved framework for "
+    "confound regression and filtering for control of motion artifact in the preprocessing of "
+    "resting-state functional connectivity data. Neuroimage. 2013;64:240-256. "
+    "doi:10.1016/j.neuroimage.2012.08.052",
+    "Power2012": "Power JD, Barnes KA, Snyder AZ, Schlaggar BL, Petersen SE. Spurious but systematic "
+    "correlations in functional connectivity MRI networks arise from subject motion. Neuroimage. "
+    "2012;59(3):2142-2154. doi:10.1016/j.neuroimage.2011.10.018",
+    "Behzadi2007": "Behzadi Y, Restom K, Liau J, Liu TT. A component based noise correction method "
+    "(CompCor) for BOLD and perfusion based fMRI. Neuroimage. 2007;37(1):90-101. "
+    "doi:10.1016/j.neuroimage.2007.04.042",
+    "Lindquist2019": "Lindquist MA, Geuter S, Wager TD, Caffo BS. Modular preprocessing pipelines can "
+    "reintroduce artifacts into fMRI data. Hum Brain Mapp. 2019;40(8):2358-2376. doi:10.1002/hbm.24528",
+    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold for "
+    "transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
+    "doi:10.1016/j.clinph.2007.04.004",
+}
+
+#: sgACC seed: 10 mm sphere (Fox et al. 2012; Cash et al. 2019, 2021).
+SGACC_CENTER_MNI = (6.0, 16.0, -10.0)
+SGACC_RADIUS_MM = 10.0
+
+#: DLPFC sites whose 20 mm spheres make the search region (sites from Fox et al. 2012; their union used
+#: as the search region by Cash et al. 2021 and ConTarg).
+DLPFC_SITES_MNI = {
+    "BA9": (-36.0, 39.0, 43.0),
+    "BA46": (-44.0, 40.0, 29.0),
+    "5cm": (-41.0, 16.0, 54.0),
+    "BeamF3": (-37.0, 26.0, 49.0),
+}
+DLPFC_RADIUS_MM = 20.0
+
+#: Group-optimal sgACC-anticorrelated site (Fox lab; Mir-Moghtadaei et al. 2015).
+GROUP_OPTIMAL_MNI = (-38.0, 44.0, 26.0)
+
+#: Named confound strategies: arguments of nilearn.interfaces.fmriprep.load_confounds.
+#: ``gsr`` is the default: 24 motion parameters + WM + CSF + global signal with their temporal
+#: derivatives (Fox et al. 2012 regressed the global signal; 24P expansion: Satterthwaite et al. 2013).
+CONFOUND_STRATEGIES = {
+    "gsr": {
+        "strategy": ("motion", "wm_csf", "global_signal"),
+        "motion": "full",
+        "wm_csf": "derivatives",
+        "global_signal": "derivatives",
+        "description": "24 motion parameters, white matter, CSF and global signal with temporal "
+        "derivatives (30 regressors)",
+        "references": ["Fox2012", "Satterthwaite2013", "Ciric2017"],
+    },
+    "nogsr": {
+        "strategy": ("motion", "wm_csf"),
+        "motion": "full",
+        "wm_csf": "derivatives",
+        "description": "24 motion parameters, white matter and CSF with temporal derivatives "
+        "(28 regressors), no global signal regression",
+        "references": ["Satterthwaite2013", "Ciric2017"],
+    },
+    "acompcor": {
+        "strategy": ("motion", "high_pass", "compcor"),
+        "motion": "full",
+        "compcor": "anat_combined",
+        "n_compcor": 5,
+        "description": "24 motion parameters, fMRIPrep's discrete cosine high-pass basis and the first 5 "
+        "anatomical CompCor components of the combined WM+CSF mask",
+        "references": ["Behzadi2007", "Ciric2017"],
+    },
+    "none": {
+        "strategy": (),
+        "description": "no confound regression (band-pass filtering and smoothing only); for comparison, "
+        "not for treatment",
+        "references": [],
+    },
+}
+
+TARGET_METHODS = {
+    "cluster": "the most negative 10 % of search-region voxels, 26-connected clusters, the largest cluster, "
+    "its |z|-weighted centroid snapped to the nearest grey-matter voxel of the search region "
+    "(Cash et al. 2021; ConTarg)",
+    "peak": "the most negative voxel of the search region",
+}
+
+
+@dataclass
+class Options:
+    """Everything that changes what tmstarget computes; saved with the outputs as ``config.json``."""
+
+    task_id: str = "rest"
+    space: str = "MNI152NLin2009cAsym"
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    bids_filters: dict = field(default_factory=dict)
+    # denoising
+    confounds: str = "gsr"
+    fd_threshold: float | None = None  # mm; None = no censoring (Power et al. 2012 use 0.5 mm)
+    min_time: float = 240.0  # s of retained data per run (XCP-D's --min-time default)
+    high_pass: float = 0.01  # Hz
+    low_pass: float = 0.1  # Hz
+    smoothing_fwhm: float = 6.0  # mm
+    # seed
+    seed_center: tuple[float, float, float] = SGACC_CENTER_MNI
+    seed_radius: float = SGACC_RADIUS_MM
+    seed_image: str | None = None  # mask or weighted map, MNI152NLin2009cAsym
+    seed_name: str = "sgACC"
+    # target selection
+    search_region_image: str | None = None  # mask, MNI152NLin2009cAsym
+    target_method: str = "cluster"
+    cluster_percentile: float = 10.0  # most negative % of search-region voxels
+    gm_threshold: float = 0.5  # grey-matter probability
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Options":
+        """Options saved by an earlier run (``log/config.json``); unknown keys are an error."""
+        data = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    def parameters(self) -> dict:
+        """The scientific parameters with their sources, as written into the JSON sidecars."""
+        strategy = CONFOUND_STRATEGIES[self.confounds]
+        return {
+            "Denoising": {
+                "Strategy": self.confounds,
+                "Description": strategy["description"],
+                "NonSteadyStateVolumesDropped": True,
+                "FramewiseDisplacementThreshold_mm": self.fd_threshold,
+                "MinimumRetainedTime_s": self.min_time,
+                "BandPass_Hz": [self.high_pass, self.low_pass],
+                "SmoothingFWHM_mm": self.smoothing_fwhm,
+                "References": [REFERENCES[k] for k in strategy["references"]],
+            },
+            "Seed": {
+                "Name": self.seed_name,
+                "Image": self.seed_image,
+                "CenterMNI_mm": None if self.seed_image else list(self.seed_center),
+                "Radius_mm": None if self.seed_image else self.seed_radius,
+                "References": [REFERENCES["Fox2012"], REFERENCES["Cash2019"], REFERENCES["Cash2021"]],
+            },
+            "SearchRegion": {
+                "Image": self.search_region_image,
+                "SpheresMNI_mm": None
+                if self.search_region_image
+                else {k: list(v) for k, v in DLPFC_SITES_MNI.items()},
+                "Radius_mm": None if self.search_region_image else DLPFC_RADIUS_MM,
+                "GreyMatterProbabilityThreshold": self.gm_threshold,
+                "References": [REFERENCES["Fox2012"], REFERENCES["Cash2021"]],
+            },
+            "TargetSelection": {
+                "Method": self.target_method,
+                "Description": TARGET_METHODS[self.target_method],
+                "ClusterPercentile": self.cluster_percentile if self.target_method == "cluster" else None,
+                "References": [REFERENCES["Cash2021"]],
+            },
+            "RunCombination": "mean of per-run Fisher-z maps weighted by retained volumes",
+        }

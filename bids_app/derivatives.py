@@ -1,0 +1,189 @@
+"""Writing BIDS-Derivatives: every file goes to a temporary name beside its target and is renamed.
+
+A crash therefore never leaves a half-written file under ``output_dir``; the previous complete
+file stays until the new one replaces it in one ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from bids_app import __version__
+
+BIDS_VERSION = "1.9.0"
+
+TARGET_COLUMNS = {
+    "name": "Which target: 'connectivity' is the personalized, seed-anticorrelated site.",
+    "x": "Target x, world mm (RAS) of the space named in this sidecar.",
+    "y": "Target y, world mm (RAS).",
+    "z": "Target z, world mm (RAS).",
+    "seed_correlation_z": "Fisher z (arctanh of Pearson r) of the seed connectivity at the target; "
+    "negative means anticorrelated.",
+    "cluster_size": "Voxels in the cluster the target was taken from (1 for the peak method).",
+    "scalp_x": "Nearest scalp point to the target, x, world mm (RAS).",
+    "scalp_y": "Nearest scalp point to the target, y, world mm (RAS).",
+    "scalp_z": "Nearest scalp point to the target, z, world mm (RAS).",
+    "scalp_distance_mm": "Distance from the scalp point to the target (mm).",
+    "scalp_normal_angle_deg": "Angle between the scalp-to-target direction and the inward scalp "
+    "normal (degrees).",
+}
+
+
+def atomic_write(path, write):
+    """Create ``path`` through ``write(tmp_path)`` then one atomic rename; nothing half-written remains."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real extension last so writers that look at it (nibabel: .nii.gz) behave.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text):
+    """Atomically write a text file."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path, data):
+    """Atomically write a JSON file (sorted keys, so identical content gives identical bytes)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_dataset_description(output_dir, source_dir, source_version=None):
+    """``dataset_description.json`` of the derivatives, written once (concurrent writers agree)."""
+    path = Path(output_dir) / "dataset_description.json"
+    if path.is_file():
+        return path
+    source_uri = Path(source_dir).resolve().as_uri()
+    description = {
+        "Name": "tmstarget: connectivity-guided TMS targets",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "tmstarget", "Version": __version__,
+                         "CodeURL": "https://github.com/tmstarget/tmstarget"}],
+        "SourceDatasets": [{"URL": source_uri, **({"Version": source_version} if source_version else {})}],
+        "DatasetLinks": {"fmriprep": source_uri},
+    }
+    return write_json(path, description)
+
+
+def participant_paths(output_dir, subject, space, task, seed_name):
+    """The output file names of one participant (BIDS-Derivatives, pybids-indexable)."""
+    root = Path(output_dir) / f"sub-{subject}"
+    func = f"sub-{subject}_task-{task}_space-{space}"
+    return {
+        "z_map": root / "func" / f"{func}_desc-{seed_name}_stat-z_boldmap.nii.gz",
+        "seed_mask": root / "func" / f"{func}_desc-{seed_name}_mask.nii.gz",
+        "search_mask": root / "func" / f"{func}_desc-searchregion_mask.nii.gz",
+        "targets": root / "tms" / f"sub-{subject}_space-{space}_targets.tsv",
+        "config": root / "log" / "config.json",
+    }
+
+
+def write_nifti(path, source_file, dtype):
+    """Write an image from the work dir as compressed NIfTI of ``dtype``."""
+    img = nb.load(source_file)
+    data = np.asanyarray(img.dataobj).astype(dtype)
+    out = nb.Nifti1Image(data, img.affine)
+    out.header.set_xyzt_units("mm")
+    return atomic_write(path, out.to_filename)
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = Directory(mandatory=True)
+    subject = traits.Str(mandatory=True)
+    space = traits.Str(mandatory=True)
+    task = traits.Str(mandatory=True)
+    seed_name = traits.Str(mandatory=True)
+    z_file = File(exists=True, mandatory=True)
+    seed_file = File(exists=True, mandatory=True)
+    search_file = File(exists=True, mandatory=True)
+    targets_file = File(exists=True, mandatory=True)
+    runs_file = File(exists=True, mandatory=True)
+    parameters = traits.Dict(mandatory=True, desc="scientific parameters with their sources")
+    config = traits.Str(mandatory=True, desc="the options as JSON")
+    source_dir = Directory(mandatory=True)
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True))
+
+
+class ParticipantDerivatives(SimpleInterface):
+    """Write a participant's derivatives (maps, targets table, sidecars, configuration)."""
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        paths = participant_paths(inputs.output_dir, inputs.subject, inputs.space, inputs.task,
+                                  inputs.seed_name)
+        runs = json.loads(Path(inputs.runs_file).read_text())
+        source = Path(inputs.source_dir).resolve()
+
+        def source_uri(path):
+            return f"bids:fmriprep:{Path(path).resolve().relative_to(source).as_posix()}"
+
+        used = [source_uri(r["BoldFile"]) for r in runs if r["Used"]]
+        runs_summary = [{"Source": source_uri(r["BoldFile"]), **{k: v for k, v in r.items()
+                        if k not in ("BoldFile", "Regressors")}, "Regressors": len(r["Regressors"])}
+                        for r in runs]
+        write_nifti(paths["z_map"], inputs.z_file, np.float32)
+        write_json(paths["z_map"].with_name(paths["z_map"].name.replace(".nii.gz", ".json")), {
+            "Description": f"Seed-based functional connectivity with the {inputs.seed_name} seed: "
+            "Fisher z (arctanh of Pearson r), runs combined by a mean weighted by retained volumes.",
+            "Units": "arbitrary (Fisher z)",
+            "Space": inputs.space,
+            "Sources": used,
+            "Runs": runs_summary,
+            **inputs.parameters,
+        })
+        for key, source_file in (("seed_mask", inputs.seed_file), ("search_mask", inputs.search_file)):
+            img = nb.load(source_file)
+            nb_mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
+            atomic_write(paths[key], nb_mask.to_filename)
+            write_json(paths[key].with_name(paths[key].name.replace(".nii.gz", ".json")), {
+                "Description": {"seed_mask": f"Voxels of the {inputs.seed_name} seed on the BOLD grid",
+                                "search_mask": "DLPFC search region restricted to grey matter, "
+                                "on the BOLD grid"}[key],
+                "Space": inputs.space,
+                "Type": "ROI",
+            })
+
+        table = pd.read_csv(inputs.targets_file, sep="\t")
+        atomic_write(paths["targets"], lambda tmp: table.to_csv(tmp, sep="\t", index=False,
+                                                                 float_format="%.2f", na_rep="n/a"))
+        write_json(paths["targets"].with_suffix(".json"), {
+            **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},
+            "Space": inputs.space,
+            "CoordinateUnits": "mm",
+            "CoordinateSystem": f"world coordinates (RAS) of {inputs.space}",
+            "Sources": used,
+            **inputs.parameters,
+        })
+        write_text(paths["config"], inputs.config + "\n")
+        self._results["out_files"] = [str(p) for p in paths.values()]
+        return runtime

@@ -1,0 +1,127 @@
+"""The participant workflow.
+
+::
+
+    per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
+                 Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
+                                                                   -> ScalpProjection -> derivatives
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
+from bids_app.derivatives import ParticipantDerivatives
+from workflows.combine import CombineRuns
+from workflows.confounds import Denoise
+from workflows.correlation import SeedCorrelation
+from workflows.regions import Regions
+from workflows.scalp import ScalpProjection
+from workflows.seed import SeedTimeseries
+from workflows.target import SelectTarget
+
+
+def init_run_wf(run, options, name):
+    """Denoise one BOLD run, extract its seed time series and correlate it with every voxel.
+
+    Parameters
+    ----------
+    run : bids_app.collect.Run
+    options : bids_app.config.Options
+    name : str
+
+    Returns
+    -------
+    nipype Workflow: ``inputnode.seed_file`` takes the seed weights on the BOLD grid;
+    ``outputnode`` holds ``z_file``, ``mask_file`` and ``info_file``.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["seed_file"]), name="inputnode")
+    denoise = pe.Node(Denoise(
+        bold_file=run.bold, mask_file=run.mask, t_r=run.t_r, strategy=options.confounds,
+        fd_threshold=options.fd_threshold, high_pass=options.high_pass, low_pass=options.low_pass,
+        smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=4.0)
+    seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
+    correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
+    outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file"]),
+                         name="outputnode")
+    outputnode.inputs.mask_file = run.mask
+    workflow.connect([
+        (inputnode, seed, [("seed_file", "seed_file")]),
+        (denoise, seed, [("cleaned_file", "cleaned_file")]),
+        (denoise, correlate, [("cleaned_file", "cleaned_file")]),
+        (seed, correlate, [("timeseries_file", "timeseries_file")]),
+        (correlate, outputnode, [("z_file", "z_file")]),
+        (denoise, outputnode, [("info_file", "info_file")]),
+    ])
+    return workflow
+
+
+def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
+    """Build the whole graph of one participant.
+
+    Parameters
+    ----------
+    inputs : bids_app.collect.ParticipantInputs
+    options : bids_app.config.Options
+    output_dir : path
+        Derivatives root.
+    source_dir : path
+        The fMRIPrep derivatives folder (for provenance in the sidecars).
+    """
+    workflow = pe.Workflow(name=name or f"sub_{inputs.subject}_wf")
+
+    regions = pe.Node(Regions(
+        mask_files=[run.mask for run in inputs.runs], gm_file=inputs.gm,
+        gm_threshold=options.gm_threshold, sites=list(DLPFC_SITES_MNI.values()),
+        site_radius=DLPFC_RADIUS_MM), name="regions")
+    if options.seed_image:
+        regions.inputs.seed_image = options.seed_image
+    else:
+        regions.inputs.seed_center = tuple(options.seed_center)
+        regions.inputs.seed_radius = options.seed_radius
+    if options.search_region_image:
+        regions.inputs.search_image = options.search_region_image
+    if inputs.to_mni_xfm:
+        regions.inputs.to_mni_xfm = inputs.to_mni_xfm
+
+    n_runs = len(inputs.runs)
+    merge = {field: pe.Node(niu.Merge(n_runs), name=f"merge_{field}")
+             for field in ("z_file", "mask_file", "info_file")}
+    for index, run in enumerate(inputs.runs, start=1):
+        run_wf = init_run_wf(run, options, name=f"run_{index:02d}_wf")
+        workflow.connect(regions, "seed_file", run_wf, "inputnode.seed_file")
+        for field, node in merge.items():
+            workflow.connect(run_wf, f"outputnode.{field}", node, f"in{index}")
+
+    combine = pe.Node(CombineRuns(min_time=options.min_time), name="combine_runs")
+    select = pe.Node(SelectTarget(method=options.target_method,
+                                  percentile=options.cluster_percentile), name="select_target")
+    sink = pe.Node(ParticipantDerivatives(
+        output_dir=str(output_dir), subject=inputs.subject, space=inputs.space,
+        task=options.task_id, seed_name=options.seed_name, parameters=options.parameters(),
+        config=options.to_json(), source_dir=str(source_dir)),
+        name="derivatives", run_without_submitting=True)
+    # The derivatives are written every time, even when every computation is reused from the
+    # work dir: the outputs may have been moved or deleted since.
+    sink.overwrite = True
+    workflow.connect([
+        (merge["z_file"], combine, [("out", "z_files")]),
+        (merge["mask_file"], combine, [("out", "mask_files")]),
+        (merge["info_file"], combine, [("out", "info_files")]),
+        (combine, select, [("z_file", "z_file")]),
+        (regions, select, [("search_file", "search_file")]),
+        (combine, sink, [("z_file", "z_file"), ("runs_file", "runs_file")]),
+        (regions, sink, [("seed_file", "seed_file"), ("search_file", "search_file")]),
+    ])
+    if inputs.t1w:
+        scalp = pe.Node(ScalpProjection(t1w_file=inputs.t1w), name="scalp_projection")
+        workflow.connect([
+            (select, scalp, [("targets_file", "points_file")]),
+            (scalp, sink, [("out_file", "targets_file")]),
+        ])
+    else:
+        workflow.connect(select, "targets_file", sink, "targets_file")
+    return workflow
