@@ -206,8 +206,10 @@ def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s tmstarget %(levelname)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    # Our messages at INFO; other libraries' only when they warn.
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.WARNING)
+    LOGGER.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # Set before numpy's BLAS starts its threads (numerical modules are imported below).
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.omp_nthreads)

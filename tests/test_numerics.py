@@ -62,6 +62,19 @@ def test_denoise_removes_confound_and_keeps_band_signal():
     assert abs(np.corrcoef(no_regression[:, 0], neural[keep])[0, 1]) < 0.6
 
 
+def test_denoise_matches_nilearn_with_and_without_interior_censoring():
+    from nilearn import signal
+
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(200, 40)).cumsum(axis=0).astype(np.float32)
+    confounds = rng.normal(size=(200, 6))
+    kw = dict(detrend=True, standardize="zscore_sample", filter="butterworth", high_pass=0.01,
+              low_pass=0.1, t_r=2.0)
+    for keep in (np.arange(4, 200), np.setdiff1d(np.arange(4, 200), [50, 51, 52, 53, 54, 120])):
+        reference = signal.clean(data.copy(), confounds=confounds, sample_mask=keep, **kw)
+        np.testing.assert_allclose(denoise(data, confounds, keep, 2.0), reference, atol=1e-4)
+
+
 def test_degrees_of_freedom():
     # TR 2 s: Nyquist 0.25 Hz; the 0.01-0.1 Hz band keeps 36 % of 100 volumes, minus 30 regressors, minus 1.
     assert degrees_of_freedom(100, 30, 2.0, 0.01, 0.1) == pytest.approx(36 - 30 - 1)

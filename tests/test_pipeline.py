@@ -1,0 +1,121 @@
+"""The participant pipeline end to end on synthetic fMRIPrep derivatives with a planted target."""
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+from bids import BIDSLayout
+
+from conftest import connectivity_row, distance_mm, run_app
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+def test_planted_target_recovered_mni(mni_run):
+    out, _, truth = mni_run
+    row = connectivity_row(out, SPACE)
+    assert distance_mm(row, truth["target_mni"]) <= 4.0
+    assert row.x < 0  # left hemisphere
+    assert row.seed_correlation_z < 0
+
+
+def test_planted_target_recovered_t1w_space(one_run_dataset, tmp_path):
+    root, truth = one_run_dataset
+    assert run_app(root, tmp_path / "out", "--space", "T1w", work_dir=tmp_path / "work") == 0
+    row = connectivity_row(tmp_path / "out", "T1w")
+    assert distance_mm(row, truth["participants"]["01"]["target_t1w"]) <= 4.0
+
+
+def test_planted_target_recovered_from_several_runs_and_sessions(three_run_dataset, tmp_path):
+    root, truth = three_run_dataset
+    assert run_app(root, tmp_path / "out", work_dir=tmp_path / "work") == 0
+    row = connectivity_row(tmp_path / "out", SPACE)
+    assert distance_mm(row, truth["target_mni"]) <= 4.0
+    sidecar = json.loads((tmp_path / "out" / "sub-01" / "func" /
+                          f"sub-01_task-rest_space-{SPACE}_desc-sgACC_stat-z_boldmap.json").read_text())
+    assert len(sidecar["Runs"]) == 4 and all(r["Used"] for r in sidecar["Runs"])
+
+
+def test_without_confound_regression_the_target_is_wrong(one_run_dataset, tmp_path):
+    root, truth = one_run_dataset
+    assert run_app(root, tmp_path / "out", "--confounds", "none", work_dir=tmp_path / "work") == 0
+    row = connectivity_row(tmp_path / "out", SPACE)
+    assert distance_mm(row, truth["target_mni"]) > 10.0
+
+
+def test_target_inside_search_region_and_on_grey_matter(mni_run, one_run_dataset):
+    out, _, _ = mni_run
+    row = connectivity_row(out, SPACE)
+    region_img = nb.load(out / "sub-01" / "func" / f"sub-01_task-rest_space-{SPACE}_desc-searchregion_mask.nii.gz")
+    ijk = np.round(nb.affines.apply_affine(np.linalg.inv(region_img.affine), [row.x, row.y, row.z])).astype(int)
+    assert region_img.get_fdata()[tuple(ijk)] == 1
+    root, _ = one_run_dataset
+    gm_img = nb.load(root / "sub-01" / "anat" / f"sub-01_space-{SPACE}_label-GM_probseg.nii.gz")
+    gm_ijk = np.round(nb.affines.apply_affine(np.linalg.inv(gm_img.affine), [row.x, row.y, row.z])).astype(int)
+    # the anatomical grid is finer than the BOLD grid: GM within one BOLD voxel of the target
+    neighbourhood = gm_img.get_fdata()[tuple(slice(max(i - 2, 0), i + 3) for i in gm_ijk)]
+    assert neighbourhood.max() >= 0.5
+
+
+def test_map_equals_numpy_reference(mni_run, one_run_dataset):
+    out, work, _ = mni_run
+    root, _ = one_run_dataset
+    mask_file = next(root.glob(f"sub-01/func/*_space-{SPACE}_desc-brain_mask.nii.gz"))
+    cleaned_file = next(work.rglob("denoise/cleaned.npy"))
+    cleaned = np.load(cleaned_file).astype(np.float64)
+    seed_ts = np.loadtxt(next(work.rglob("seed_timeseries/seed_timeseries.txt")))
+    seed_img = nb.load(out / "sub-01" / "func" / f"sub-01_task-rest_space-{SPACE}_desc-sgACC_mask.nii.gz")
+    z_img = nb.load(out / "sub-01" / "func" / f"sub-01_task-rest_space-{SPACE}_desc-sgACC_stat-z_boldmap.nii.gz")
+    # Plain numpy reference: the seed is the mean of the seed voxels, r from np.corrcoef.
+    run_mask = nb.load(mask_file).get_fdata() > 0
+    seed_voxels = seed_img.get_fdata()[run_mask] > 0
+    np.testing.assert_allclose(seed_ts, cleaned[:, seed_voxels].mean(axis=1), rtol=1e-5, atol=1e-6)
+    reference = np.arctanh([np.corrcoef(seed_ts, voxel)[0, 1] for voxel in cleaned.T])
+    np.testing.assert_allclose(z_img.get_fdata()[run_mask], reference, atol=1e-4)
+
+
+def test_second_run_with_same_work_dir_recomputes_nothing(mni_run, one_run_dataset):
+    out, work, _ = mni_run
+    root, _ = one_run_dataset
+    results = {p: p.stat().st_mtime_ns for p in work.rglob("result_*.pklz") if "derivatives" not in p.parts}
+    assert len(results) >= 6
+    targets = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.tsv"
+    before = targets.read_bytes()
+    targets.unlink()  # the outputs are written again even when nothing is recomputed
+    assert run_app(root, out, work_dir=work) == 0
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+    assert targets.read_bytes() == before
+
+
+def test_pybids_indexes_the_outputs(mni_run):
+    out, _, _ = mni_run
+    layout = BIDSLayout(out, validate=False, config=["bids", "derivatives"])
+    assert layout.get_subjects() == ["01"]
+    maps = layout.get(subject="01", suffix="boldmap", desc="sgACC", space=SPACE, extension=".nii.gz")
+    assert len(maps) == 1 and maps[0].get_metadata()["Space"] == SPACE
+    targets = layout.get(subject="01", suffix="targets", extension=".tsv")
+    assert len(targets) == 1 and targets[0].entities["space"] == SPACE
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "tmstarget"
+    assert description["SourceDatasets"]
+
+
+def test_targets_table_and_sidecar(mni_run):
+    out, _, _ = mni_run
+    tsv = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.tsv"
+    header = tsv.read_text().splitlines()[0].split("\t")
+    for column in ("name", "x", "y", "z", "scalp_x", "scalp_y", "scalp_z", "scalp_distance_mm",
+                   "seed_correlation_z"):
+        assert column in header
+    sidecar = json.loads(tsv.with_suffix(".json").read_text())
+    assert sidecar["Space"] == SPACE
+    assert all(column in sidecar for column in header)
+    assert "Fox" in json.dumps(sidecar["Seed"]["References"])
+    assert sidecar["TargetSelection"]["Method"] == "cluster"
+    config = json.loads((out / "sub-01" / "log" / "config.json").read_text())
+    assert config["confounds"] == "gsr"
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
