@@ -165,9 +165,10 @@ def _configure_nipype(work_dir, verbose):
         "execution": {"crashdump_dir": str(work_dir / "crash"), "crashfile_format": "txt",
                       "stop_on_first_crash": "true", "remove_unnecessary_outputs": "false",
                       "check_version": "false", "use_relative_paths": "false"},
-        "logging": {"workflow_level": "INFO" if verbose >= 2 else "WARNING",
-                    "interface_level": "INFO" if verbose >= 2 else "ERROR",
-                    "utils_level": "WARNING"},
+        # Nipype's own messages only with -v: a failing node is reported by tmstarget in one line.
+        "logging": {"workflow_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)],
+                    "interface_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)],
+                    "utils_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)]},
         "monitoring": {"enabled": "false"},
     })
     nipype_logging.update_logging(config)
@@ -186,7 +187,7 @@ def _crash_message(crash_dir, since):
 
 
 def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
-    """Build and run one participant's graph; return the path of its targets table."""
+    """Build and run one participant's graph; return the paths of its outputs."""
     from bids_app.derivatives import participant_paths
     from workflows.base import init_participant_wf
 
@@ -200,7 +201,7 @@ def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
     else:
         workflow.run(plugin="Linear")
     return participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
-                             options.seed_name)["targets"]
+                             options.seed_name)
 
 
 def main(argv=None):
@@ -261,17 +262,24 @@ def _run(args, options):
                     "" if inputs.t1w else " (no T1w: the scalp projection is skipped)")
         start = time.time()
         try:
-            targets = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
+            paths = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
         except RuntimeError as err:
             message = _crash_message(work_dir / "crash", start) or str(err)
             raise InputError(f"sub-{inputs.subject}: {message}") from None
-        _report(inputs, targets, time.time() - start)
+        _report(inputs, paths, time.time() - start)
     return 0
 
 
-def _report(inputs, targets_file, seconds):
+def _report(inputs, paths, seconds):
     import pandas as pd
 
+    from bids_app.derivatives import sidecar
+
+    for run in json.loads(sidecar(paths["z_map"]).read_text())["Runs"]:
+        if not run["Used"]:
+            LOGGER.warning("sub-%s: %s was dropped: %.0f s retained, less than --min-time",
+                           inputs.subject, run["Source"], run["RetainedTime_s"])
+    targets_file = paths["targets"]
     row = pd.read_csv(targets_file, sep="\t").set_index("name").loc["connectivity"]
     scalp = (f"; scalp point ({row.scalp_x:.1f}, {row.scalp_y:.1f}, {row.scalp_z:.1f}) mm, "
              f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")

@@ -89,6 +89,12 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     return write_json(path, description)
 
 
+def sidecar(path):
+    """The JSON sidecar of a derivative file (``x.nii.gz`` or ``x.tsv`` -> ``x.json``)."""
+    path = Path(path)
+    return path.with_name(path.name.split(".")[0] + ".json")
+
+
 def participant_paths(output_dir, subject, space, task, seed_name):
     """The output file names of one participant (BIDS-Derivatives, pybids-indexable)."""
     root = Path(output_dir) / f"sub-{subject}"
@@ -152,7 +158,7 @@ class ParticipantDerivatives(SimpleInterface):
                         if k not in ("BoldFile", "Regressors")}, "Regressors": len(r["Regressors"])}
                         for r in runs]
         write_nifti(paths["z_map"], inputs.z_file, np.float32)
-        write_json(paths["z_map"].with_name(paths["z_map"].name.replace(".nii.gz", ".json")), {
+        write_json(sidecar(paths["z_map"]), {
             "Description": f"Seed-based functional connectivity with the {inputs.seed_name} seed: "
             "Fisher z (arctanh of Pearson r), runs combined by a mean weighted by retained volumes.",
             "Units": "arbitrary (Fisher z)",
@@ -165,7 +171,7 @@ class ParticipantDerivatives(SimpleInterface):
             img = nb.load(source_file)
             nb_mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
             atomic_write(paths[key], nb_mask.to_filename)
-            write_json(paths[key].with_name(paths[key].name.replace(".nii.gz", ".json")), {
+            write_json(sidecar(paths[key]), {
                 "Description": {"seed_mask": f"Voxels of the {inputs.seed_name} seed on the BOLD grid",
                                 "search_mask": "DLPFC search region restricted to grey matter, "
                                 "on the BOLD grid"}[key],
@@ -176,7 +182,7 @@ class ParticipantDerivatives(SimpleInterface):
         table = pd.read_csv(inputs.targets_file, sep="\t")
         atomic_write(paths["targets"], lambda tmp: table.to_csv(tmp, sep="\t", index=False,
                                                                  float_format="%.2f", na_rep="n/a"))
-        write_json(paths["targets"].with_suffix(".json"), {
+        write_json(sidecar(paths["targets"]), {
             **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},
             "Space": inputs.space,
             "CoordinateUnits": "mm",

@@ -31,7 +31,8 @@ def test_planted_target_recovered_t1w_space(one_run_dataset, tmp_path):
 
 def test_planted_target_recovered_from_several_runs_and_sessions(three_run_dataset, tmp_path):
     root, truth = three_run_dataset
-    assert run_app(root, tmp_path / "out", work_dir=tmp_path / "work") == 0
+    # MultiProc, as on a workstation or an HPC node
+    assert run_app(root, tmp_path / "out", "--nprocs", "2", "--mem-gb", "4", work_dir=tmp_path / "work") == 0
     row = connectivity_row(tmp_path / "out", SPACE)
     assert distance_mm(row, truth["target_mni"]) <= 4.0
     sidecar = json.loads((tmp_path / "out" / "sub-01" / "func" /
