@@ -120,3 +120,35 @@ def test_targets_table_and_sidecar(mni_run):
     config = json.loads((out / "sub-01" / "log" / "config.json").read_text())
     assert config["confounds"] == "gsr"
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
+
+
+def _seed_image(path, weighted):
+    """An MNI seed image around the sgACC on a 2 mm grid: a 10 mm sphere mask or Gaussian weights."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-40, -30, -50]
+    ijk = np.indices((40, 40, 40)).reshape(3, -1).T
+    distance = np.linalg.norm(nb.affines.apply_affine(affine, ijk) - [6, 16, -10], axis=1).reshape(40, 40, 40)
+    data = np.exp(-(distance**2) / (2 * 5.0**2)) if weighted else (distance <= 10).astype(np.uint8)
+    nb.Nifti1Image(data.astype(np.float32 if weighted else np.uint8), affine).to_filename(path)
+    return path
+
+
+@pytest.mark.parametrize("flags", [
+    ["--confounds", "nogsr"],
+    ["--confounds", "acompcor"],
+    ["--target-method", "peak"],
+    ["--fd-threshold", "0.5", "--min-time", "120"],
+    ["--seed-image", "MASK"],
+    ["--seed-image", "WEIGHTED"],
+], ids=["nogsr", "acompcor", "peak", "censoring", "seed-mask", "weighted-seed"])
+def test_options_recover_the_planted_target(one_run_dataset, tmp_path, flags):
+    root, truth = one_run_dataset
+    flags = [str(_seed_image(tmp_path / "seed.nii.gz", weighted=f == "WEIGHTED")) if f in ("MASK", "WEIGHTED")
+             else f for f in flags]
+    assert run_app(root, tmp_path / "out", *flags, work_dir=tmp_path / "work") == 0
+    row = connectivity_row(tmp_path / "out", SPACE)
+    assert distance_mm(row, truth["target_mni"]) <= 4.0
+    if "--fd-threshold" in flags:  # volumes were really censored
+        sidecar = json.loads((tmp_path / "out" / "sub-01" / "func" /
+                              f"sub-01_task-rest_space-{SPACE}_desc-sgACC_stat-z_boldmap.json").read_text())
+        assert sidecar["Runs"][0]["RetainedVolumes"] < truth["n_volumes"] - truth["n_non_steady"] - 3
