@@ -49,6 +49,10 @@ class ParticipantInputs:
     to_mni_xfm: str | None = None
     #: maps MNI152NLin2009cAsym points into the BOLD space (T1w space only)
     from_mni_xfm: str | None = None
+    #: the space targets are also reported in (T1w for MNI computations, and the reverse)
+    other_space: str | None = None
+    #: maps points of the BOLD space into ``other_space``
+    to_other_xfm: str | None = None
     source_version: str | None = None
 
 
@@ -188,15 +192,24 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
                 f"run fMRIPrep with --output-spaces {space} (anatomical outputs are needed)"),
         source_version=source_version(layout),
     )
+    def xfm(source, target):
+        """fMRIPrep's ``from-<source>_to-<target>`` image transform: it maps <target> points to <source>."""
+        files = layout.get(subject=subject, suffix="xfm", mode="image", extension=".h5",
+                           **{"from": source, "to": target})
+        return sorted(files, key=lambda f: ("session" in f.entities, f.path))
+
     if space == "T1w":
-        # The seed and search region are defined in MNI152NLin2009cAsym.
-        def xfm(source, target):
-            files = layout.get(subject=subject, suffix="xfm", mode="image", extension=".h5",
-                               **{"from": source, "to": target})
-            return _one(sorted(files, key=lambda f: ("session" in f.entities, f.path)),
-                        f"transform from {source} to {target} for sub-{subject}",
-                        "run fMRIPrep with --output-spaces MNI152NLin2009cAsym so it writes the "
-                        "T1w<->MNI transforms")
-        inputs.to_mni_xfm = xfm("MNI152NLin2009cAsym", "T1w")
-        inputs.from_mni_xfm = xfm("T1w", "MNI152NLin2009cAsym")
+        # The seed and search region are defined in MNI152NLin2009cAsym: the transforms are needed.
+        fix = ("run fMRIPrep with --output-spaces MNI152NLin2009cAsym so it writes the T1w<->MNI "
+               "transforms")
+        inputs.to_mni_xfm = _one(xfm("MNI152NLin2009cAsym", "T1w"),
+                                 f"transform from MNI152NLin2009cAsym to T1w for sub-{subject}", fix)
+        inputs.from_mni_xfm = _one(xfm("T1w", "MNI152NLin2009cAsym"),
+                                   f"transform from T1w to MNI152NLin2009cAsym for sub-{subject}", fix)
+        inputs.other_space, inputs.to_other_xfm = "MNI152NLin2009cAsym", inputs.to_mni_xfm
+    else:
+        # Optional: without it, targets are reported in the computation space only.
+        to_t1w = xfm("T1w", space)
+        if to_t1w:
+            inputs.other_space, inputs.to_other_xfm = "T1w", to_t1w[0].path
     return inputs

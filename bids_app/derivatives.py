@@ -95,6 +95,11 @@ def sidecar(path):
     return path.with_name(path.name.split(".")[0] + ".json")
 
 
+def targets_path(output_dir, subject, space):
+    """The targets table of one participant in one space."""
+    return Path(output_dir) / f"sub-{subject}" / "tms" / f"sub-{subject}_space-{space}_targets.tsv"
+
+
 def participant_paths(output_dir, subject, space, task, seed_name):
     """The output file names of one participant (BIDS-Derivatives, pybids-indexable)."""
     root = Path(output_dir) / f"sub-{subject}"
@@ -103,7 +108,7 @@ def participant_paths(output_dir, subject, space, task, seed_name):
         "z_map": root / "func" / f"{func}_desc-{seed_name}_stat-z_boldmap.nii.gz",
         "seed_mask": root / "func" / f"{func}_desc-{seed_name}_mask.nii.gz",
         "search_mask": root / "func" / f"{func}_desc-searchregion_mask.nii.gz",
-        "targets": root / "tms" / f"sub-{subject}_space-{space}_targets.tsv",
+        "targets": targets_path(output_dir, subject, space),
         "config": root / "log" / "config.json",
     }
 
@@ -131,6 +136,9 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     parameters = traits.Dict(mandatory=True, desc="scientific parameters with their sources")
     config = traits.Str(mandatory=True, desc="the options as JSON")
     source_dir = Directory(mandatory=True)
+    other_space = traits.Str(desc="the space the targets are also given in")
+    other_targets_file = File(exists=True, desc="the targets in other_space")
+    other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -179,17 +187,24 @@ class ParticipantDerivatives(SimpleInterface):
                 "Type": "ROI",
             })
 
-        table = pd.read_csv(inputs.targets_file, sep="\t")
-        atomic_write(paths["targets"], lambda tmp: table.to_csv(tmp, sep="\t", index=False,
-                                                                 float_format="%.2f", na_rep="n/a"))
-        write_json(sidecar(paths["targets"]), {
-            **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},
-            "Space": inputs.space,
-            "CoordinateUnits": "mm",
-            "CoordinateSystem": f"world coordinates (RAS) of {inputs.space}",
-            "Sources": used,
-            **inputs.parameters,
-        })
+        tables = [(inputs.space, inputs.targets_file, paths["targets"], {})]
+        if inputs.other_targets_file:
+            tables.append((inputs.other_space, inputs.other_targets_file,
+                           targets_path(inputs.output_dir, inputs.subject, inputs.other_space),
+                           {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}))
+        for space, table_file, path, provenance in tables:
+            table = pd.read_csv(table_file, sep="\t", na_values="n/a")
+            atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False,
+                                                        float_format="%.2f", na_rep="n/a"))
+            write_json(sidecar(path), {
+                **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},
+                "Space": space,
+                "CoordinateUnits": "mm",
+                "CoordinateSystem": f"world coordinates (RAS) of {space}",
+                "Sources": used,
+                **provenance,
+                **inputs.parameters,
+            })
         write_text(paths["config"], inputs.config + "\n")
-        self._results["out_files"] = [str(p) for p in paths.values()]
+        self._results["out_files"] = [str(p) for p in paths.values()] + [str(t[2]) for t in tables[1:]]
         return runtime

@@ -27,6 +27,21 @@ def test_planted_target_recovered_t1w_space(one_run_dataset, tmp_path):
     assert run_app(root, tmp_path / "out", "--space", "T1w", work_dir=tmp_path / "work") == 0
     row = connectivity_row(tmp_path / "out", "T1w")
     assert distance_mm(row, truth["participants"]["01"]["target_t1w"]) <= 4.0
+    # ... and reported in MNI through fMRIPrep's transform
+    assert distance_mm(connectivity_row(tmp_path / "out", SPACE), truth["target_mni"]) <= 4.0
+
+
+def test_targets_are_also_given_in_t1w_space(mni_run):
+    out, _, truth = mni_run
+    mni, t1w = connectivity_row(out, SPACE), connectivity_row(out, "T1w")
+    mni_to_t1w = np.array(truth["participants"]["01"]["mni_to_t1w"])
+    for prefix in ("", "scalp_"):
+        point = [mni[f"{prefix}{c}"] for c in "xyz"]
+        expected = nb.affines.apply_affine(mni_to_t1w, point)
+        assert np.linalg.norm(np.array([t1w[f"{prefix}{c}"] for c in "xyz"]) - expected) < 0.5
+    sidecar = json.loads((out / "sub-01" / "tms" / "sub-01_space-T1w_targets.json").read_text())
+    assert sidecar["Space"] == "T1w" and sidecar["MappedFrom"] == SPACE
+    assert sidecar["Transform"].endswith("sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5")
 
 
 def test_planted_target_recovered_from_several_runs_and_sessions(three_run_dataset, tmp_path):
@@ -98,7 +113,7 @@ def test_pybids_indexes_the_outputs(mni_run):
     maps = layout.get(subject="01", suffix="boldmap", desc="sgACC", space=SPACE, extension=".nii.gz")
     assert len(maps) == 1 and maps[0].get_metadata()["Space"] == SPACE
     targets = layout.get(subject="01", suffix="targets", extension=".tsv")
-    assert len(targets) == 1 and targets[0].entities["space"] == SPACE
+    assert sorted(t.entities["space"] for t in targets) == sorted([SPACE, "T1w"])
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "tmstarget"

@@ -4,7 +4,8 @@
 
     per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
-                                                                   -> ScalpProjection -> derivatives
+                                                   -> ScalpProjection -> MapTargets (T1w <-> MNI)
+                                                   -> derivatives
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from workflows.regions import Regions
 from workflows.scalp import ScalpProjection
 from workflows.seed import SeedTimeseries
 from workflows.target import SelectTarget
+from workflows.transforms import MapTargets
 
 
 def init_run_wf(run, options, name):
@@ -116,12 +118,24 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
         (combine, sink, [("z_file", "z_file"), ("runs_file", "runs_file")]),
         (regions, sink, [("seed_file", "seed_file"), ("search_file", "search_file")]),
     ])
+    # The final targets table of the computation space, whatever stages ran.
+    targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
     if inputs.t1w:
         scalp = pe.Node(ScalpProjection(t1w_file=inputs.t1w), name="scalp_projection")
         workflow.connect([
             (select, scalp, [("targets_file", "points_file")]),
-            (scalp, sink, [("out_file", "targets_file")]),
+            (scalp, targets, [("out_file", "targets_file")]),
         ])
     else:
-        workflow.connect(select, "targets_file", sink, "targets_file")
+        workflow.connect(select, "targets_file", targets, "targets_file")
+    workflow.connect(targets, "targets_file", sink, "targets_file")
+
+    if inputs.to_other_xfm:
+        to_other = pe.Node(MapTargets(xfm_file=inputs.to_other_xfm), name=f"map_to_{inputs.other_space}")
+        sink.inputs.other_space = inputs.other_space
+        sink.inputs.other_xfm = inputs.to_other_xfm
+        workflow.connect([
+            (targets, to_other, [("targets_file", "targets_file")]),
+            (to_other, sink, [("out_file", "other_targets_file")]),
+        ])
     return workflow

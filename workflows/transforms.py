@@ -1,0 +1,165 @@
+"""Map world coordinates through fMRIPrep's ITK composite transforms.
+
+fMRIPrep writes the anatomical spatial normalization as two ITK/ANTs composite HDF5 files,
+``…_from-T1w_to-<template>_mode-image_xfm.h5`` and ``…_from-<template>_to-T1w_mode-image_xfm.h5``.
+They are *image* transforms (``mode-image``): an image transform is evaluated on the points of the
+grid one resamples *onto* (the reference, the ``to-`` space) and returns where to sample the
+image being moved (the ``from-`` space). Hence, for points:
+
+==============================================  =====================================
+file                                            :func:`map_points` maps
+==============================================  =====================================
+``from-T1w_to-MNI152NLin2009cAsym…_xfm.h5``     MNI152NLin2009cAsym mm  ->  T1w mm
+``from-MNI152NLin2009cAsym_to-T1w…_xfm.h5``     T1w mm  ->  MNI152NLin2009cAsym mm
+==============================================  =====================================
+
+That is the reverse of what the file names suggest at first reading; it is how ITK, ANTs and
+nitransforms define a transform (``antsApplyTransforms -r MNI -t from-T1w_to-MNI…`` walks the MNI
+grid and asks, for each of its points, where that point is in the T1w image).
+
+The reading is done by nitransforms: ``nitransforms.manip.load(path, fmt="itk")`` returns a
+``TransformChain`` (the displacement field first, then the affine, as ITK applies a composite
+transform) whose ``.map(points)`` takes and returns RAS+ millimetres (nitransforms converts from
+ITK's LPS internally). ``fmt="itk"`` matters: since nitransforms 25 the default format of
+``load`` is X5, which rejects ITK files. The dense-field part of the chain has no inverse
+(``map(..., inverse=True)`` raises ``NotImplementedError``), so each direction needs its own file,
+as fMRIPrep provides.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
+
+
+def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
+    """Map points of a transform's reference space into its moving space.
+
+    Parameters
+    ----------
+    points_ras : array_like, shape (N, 3) or (3,)
+        World coordinates in millimetres, RAS+, in the reference (``to-``) space of the transform.
+    xfm_file : str or os.PathLike
+        An ITK composite transform in HDF5 (``*_mode-image_xfm.h5``, as fMRIPrep writes them).
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, 3), float64
+        The same points in millimetres, RAS+, in the moving (``from-``) space. For
+        ``from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5`` this maps T1w mm to MNI mm; for
+        ``from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5`` it maps MNI mm to T1w mm.
+
+    Notes
+    -----
+    Points outside the grid of the transform's displacement field are moved by the affine part
+    only (nitransforms treats the field as zero there).
+    """
+    from nitransforms.manip import load
+
+    points = np.atleast_2d(np.asarray(points_ras, dtype=float))
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points_ras must have shape (N, 3), got {np.shape(points_ras)}")
+    if points.shape[0] == 0:
+        return np.empty((0, 3))
+    chain = load(str(xfm_file), fmt="itk")
+    return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
+
+
+def map_pose_axes(centres, axes, xfm_file, step_mm=1.0):
+    """Map unit direction vectors attached to points (coil axes) through a transform.
+
+    Each axis is mapped as the difference of two mapped points ``step_mm`` apart, which follows a
+    non-linear transform's local Jacobian; the results are renormalized.
+
+    Parameters
+    ----------
+    centres : ndarray of shape (N, 3)
+        Points the axes start from (mm, reference space of ``xfm_file``).
+    axes : ndarray of shape (N, 3)
+        Unit vectors.
+    """
+    centres = np.asarray(centres, dtype=float)
+    ends = map_points(centres + step_mm * np.asarray(axes, dtype=float), xfm_file)
+    moved = ends - map_points(centres, xfm_file)
+    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+def orthonormal_frame(z_axis, y_axis):
+    """The right-handed orthonormal frame (x, y, z) closest to keeping ``z`` and then ``y``."""
+    z = np.asarray(z_axis, float) / np.linalg.norm(z_axis, axis=-1, keepdims=True)
+    y = np.asarray(y_axis, float) - (np.asarray(y_axis, float) * z).sum(-1, keepdims=True) * z
+    y /= np.linalg.norm(y, axis=-1, keepdims=True)
+    return np.cross(y, z), y, z
+
+
+#: Point columns of a targets table: each prefix names an (x, y, z) triplet in world mm.
+POINT_COLUMNS = (("x", "y", "z"), ("scalp_x", "scalp_y", "scalp_z"), ("coil_x", "coil_y", "coil_z"))
+#: Coil axes (unit vectors) of a targets table.
+AXIS_COLUMNS = {axis: tuple(f"coil_{axis}axis_{c}" for c in "xyz") for axis in "xyz"}
+
+
+def map_targets_table(table, xfm_file):
+    """A targets table with every point and coil axis mapped into another space.
+
+    Distances are measured again in the new space (a template is bigger than most heads), angles
+    and correlations are kept.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of targets with any of :data:`POINT_COLUMNS` and :data:`AXIS_COLUMNS`.
+    xfm_file : path
+        Transform whose reference space is the table's space (see :func:`map_points`).
+    """
+    mapped = table.copy()
+    for columns in POINT_COLUMNS:
+        if set(columns) <= set(table.columns):
+            points = table[list(columns)].to_numpy(float)
+            valid = np.isfinite(points).all(axis=1)
+            new = np.full_like(points, np.nan)
+            new[valid] = map_points(points[valid], xfm_file)
+            mapped[list(columns)] = new
+    if all(set(c) <= set(table.columns) for c in AXIS_COLUMNS.values()) and "coil_x" in table:
+        centres = table[["coil_x", "coil_y", "coil_z"]].to_numpy(float)
+        valid = np.isfinite(centres).all(axis=1)
+        z = map_pose_axes(centres[valid], table.loc[valid, list(AXIS_COLUMNS["z"])].to_numpy(float), xfm_file)
+        y = map_pose_axes(centres[valid], table.loc[valid, list(AXIS_COLUMNS["y"])].to_numpy(float), xfm_file)
+        for axis, values in zip("xyz", orthonormal_frame(z, y)):
+            mapped.loc[valid, list(AXIS_COLUMNS[axis])] = values
+    if "scalp_distance_mm" in table:
+        mapped["scalp_distance_mm"] = np.linalg.norm(
+            mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
+    if "distance_to_connectivity_mm" in table:
+        reference = mapped.loc[mapped["name"] == "connectivity", ["x", "y", "z"]].to_numpy(float)[0]
+        mapped["distance_to_connectivity_mm"] = np.linalg.norm(
+            mapped[["x", "y", "z"]].to_numpy(float) - reference, axis=1)
+    return mapped
+
+
+class _MapTargetsInputSpec(BaseInterfaceInputSpec):
+    targets_file = File(exists=True, mandatory=True, desc="targets TSV in the computation space")
+    xfm_file = File(exists=True, mandatory=True,
+                    desc="transform whose reference space is the computation space")
+
+
+class _MapTargetsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the same targets in the other space")
+
+
+class MapTargets(SimpleInterface):
+    """Give every point of a targets table in the other space (T1w <-> MNI)."""
+
+    input_spec = _MapTargetsInputSpec
+    output_spec = _MapTargetsOutputSpec
+
+    def _run_interface(self, runtime):
+        table = pd.read_csv(self.inputs.targets_file, sep="\t", na_values="n/a")
+        out = Path(runtime.cwd) / "targets_mapped.tsv"
+        map_targets_table(table, self.inputs.xfm_file).to_csv(out, sep="\t", index=False,
+                                                               float_format="%.4f", na_rep="n/a")
+        self._results["out_file"] = str(out)
+        return runtime
