@@ -89,6 +89,8 @@ def build_parser():
                    help="most negative share of search-region voxels for 'cluster' (default: 10)")
     g.add_argument("--gm-threshold", type=float, metavar="P",
                    help="grey-matter probability threshold (default: 0.5)")
+    g.add_argument("--handle-angle", type=float, metavar="DEG",
+                   help="coil handle angle from the midline, pointing posterior-lateral (default: 45)")
 
     g = parser.add_argument_group("resources")
     g.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
@@ -102,7 +104,7 @@ def build_parser():
 # Command-line flags that map one to one onto Options fields.
 _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "high_pass", "low_pass",
                  "smoothing_fwhm", "seed_center", "seed_radius", "seed_name", "target_method",
-                 "cluster_percentile", "gm_threshold")
+                 "cluster_percentile", "gm_threshold", "handle_angle")
 
 
 def resolve_options(args):

@@ -49,6 +49,8 @@ class ParticipantInputs:
     to_mni_xfm: str | None = None
     #: maps MNI152NLin2009cAsym points into the BOLD space (T1w space only)
     from_mni_xfm: str | None = None
+    #: the participant's own head T1w (fMRIPrep desc-preproc_T1w without space): navigation exports refer to it
+    native_t1w: str | None = None
     #: the space targets are also reported in (T1w for MNI computations, and the reverse)
     other_space: str | None = None
     #: maps points of the BOLD space into ``other_space``
@@ -183,11 +185,14 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
         ))
 
     t1w_files = _anat(layout, subject, space, filters.get("t1w", {}), desc="preproc", suffix="T1w")
+    native_t1w = (t1w_files if space == "T1w" else
+                  _anat(layout, subject, "T1w", filters.get("t1w", {}), desc="preproc", suffix="T1w"))
     gm_files = (_anat(layout, subject, space, {}, label="GM", suffix="probseg")
                 or _anat(layout, subject, space, {}, suffix="dseg", label=Query.NONE))
     inputs = ParticipantInputs(
         subject=subject, space=space, runs=runs,
         t1w=t1w_files[0].path if t1w_files else None,
+        native_t1w=native_t1w[0].path if native_t1w else None,
         gm=_one(gm_files, f"grey-matter map (label-GM_probseg or dseg) for sub-{subject} in space {space}",
                 f"run fMRIPrep with --output-spaces {space} (anatomical outputs are needed)"),
         source_version=source_version(layout),

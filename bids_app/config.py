@@ -136,6 +136,8 @@ class Options:
     target_method: str = "cluster"
     cluster_percentile: float = 10.0  # most negative % of search-region voxels
     gm_threshold: float = 0.5  # grey-matter probability
+    # coil
+    handle_angle: float = 45.0  # degrees from the midline, handle pointing posterior-lateral
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -187,4 +189,9 @@ class Options:
                 "References": [REFERENCES["Cash2021"]],
             },
             "RunCombination": "mean of per-run Fisher-z maps weighted by retained volumes",
+            "Coil": {
+                "HandleAngleFromMidline_deg": self.handle_angle,
+                "Convention": "handle pointing posterior and laterally away from the midline "
+                "(clinical default for left DLPFC)",
+            },
         }

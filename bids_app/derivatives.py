@@ -24,14 +24,17 @@ from nipype.interfaces.base import (
 )
 
 from bids_app import __version__
+from workflows.transforms import AXIS_COLUMNS, orthonormal_frame
 
 BIDS_VERSION = "1.9.0"
 
 TARGET_COLUMNS = {
-    "name": "Which target: 'connectivity' is the personalized, seed-anticorrelated site.",
-    "x": "Target x, world mm (RAS) of the space named in this sidecar.",
-    "y": "Target y, world mm (RAS).",
-    "z": "Target z, world mm (RAS).",
+    "name": "Which target: 'connectivity' is the personalized, seed-anticorrelated site; "
+    "'F3_1020', 'F3_beam' and '5cm' are the scalp-based comparators built on this head; "
+    "'motor_hand' is the motor hot spot, the reference of the dose adjustment.",
+    "x": "Cortical point x, world mm (RAS) of the space named in this sidecar.",
+    "y": "Cortical point y, world mm (RAS).",
+    "z": "Cortical point z, world mm (RAS).",
     "seed_correlation_z": "Fisher z (arctanh of Pearson r) of the seed connectivity at the target; "
     "negative means anticorrelated.",
     "cluster_size": "Voxels in the cluster the target was taken from (1 for the peak method).",
@@ -41,6 +44,13 @@ TARGET_COLUMNS = {
     "scalp_distance_mm": "Distance from the scalp point to the target (mm).",
     "scalp_normal_angle_deg": "Angle between the scalp-to-target direction and the inward scalp "
     "normal (degrees).",
+    **{f"coil_{c}": f"Coil centre {c}, world mm (RAS): the scalp point." for c in "xyz"},
+    **{f"coil_{axis}axis_{c}": f"Coil {name} ({c} component of a unit vector, RAS)"
+       for axis, name in (("x", "left-right axis (y axis x z axis)"), ("y", "handle direction"),
+                          ("z", "normal pointing into the head")) for c in "xyz"},
+    "distance_to_connectivity_mm": "Distance from the row's cortical point to the connectivity target (mm).",
+    "depth_adjustment_pct_mso": "Stokes et al. 2007: % of maximum stimulator output to add to the "
+    "motor threshold: 2.8 x (scalp_distance_mm - scalp_distance_mm of motor_hand).",
 }
 
 
@@ -113,6 +123,47 @@ def participant_paths(output_dir, subject, space, task, seed_name):
     }
 
 
+def coil_poses(table):
+    """4x4 coil poses (tmstarget/SimNIBS convention) of the rows of a targets table that have one."""
+    poses = []
+    columns = [*sum(AXIS_COLUMNS.values(), ()), "coil_x", "coil_y", "coil_z"]
+    for _, row in table.iterrows():
+        if not all(c in row and np.isfinite(row[c]) for c in columns):
+            continue
+        # The table holds rounded axes: rebuild the exact frame from the normal and the handle.
+        axes = {a: np.array([row[f"coil_{a}axis_{c}"] for c in "xyz"]) for a in "yz"}
+        pose = np.eye(4)
+        pose[:3, :3] = np.column_stack(orthonormal_frame(axes["z"], axes["y"]))
+        pose[:3, 3] = [row.coil_x, row.coil_y, row.coil_z]
+        poses.append({"name": row["name"], "pose": pose, "target": [row.x, row.y, row.z]})
+    return poses
+
+
+def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
+    """Brainsight, Localite and NIBS-BIDS files of the T1w-space coil poses."""
+    from bids_app import exports
+
+    poses = coil_poses(table)
+    if not poses:
+        return []
+    tms = Path(output_dir) / f"sub-{subject}" / "tms"
+    prefix = f"sub-{subject}_space-T1w"
+    t1w_img = nb.load(t1w_file)
+    t1w_rel = Path(t1w_file).resolve().relative_to(Path(source_dir).resolve()).as_posix()
+    markers, coordsystem = exports.nibs_markers(poses, subject, t1w=t1w_rel)
+    files = {
+        tms / f"{prefix}_desc-brainsight_targets.txt": exports.brainsight_targets(
+            poses, coordinate_system=exports.brainsight_coordinate_system(t1w_img)),
+        tms / f"{prefix}_desc-localite_markers.xml": exports.localite_instrument_markers(poses, "RAS"),
+        tms / f"{prefix}_markers.tsv": markers,
+    }
+    for path, text in files.items():
+        write_text(path, text)
+    write_json(tms / f"{prefix}_markers.json", exports.nibs_markers_sidecar())
+    write_json(tms / f"{prefix}_coordsystem.json", coordsystem)
+    return [*files, tms / f"{prefix}_markers.json", tms / f"{prefix}_coordsystem.json"]
+
+
 def write_nifti(path, source_file, dtype):
     """Write an image from the work dir as compressed NIfTI of ``dtype``."""
     img = nb.load(source_file)
@@ -136,6 +187,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     parameters = traits.Dict(mandatory=True, desc="scientific parameters with their sources")
     config = traits.Str(mandatory=True, desc="the options as JSON")
     source_dir = Directory(mandatory=True)
+    measurements_file = File(exists=True, desc="JSON: head measurements and scalp-based methods")
+    native_t1w = File(exists=True, desc="the participant's T1w the navigation exports refer to")
     other_space = traits.Str(desc="the space the targets are also given in")
     other_targets_file = File(exists=True, desc="the targets in other_space")
     other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
@@ -192,10 +245,20 @@ class ParticipantDerivatives(SimpleInterface):
             tables.append((inputs.other_space, inputs.other_targets_file,
                            targets_path(inputs.output_dir, inputs.subject, inputs.other_space),
                            {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}))
+        scalp_methods = {}
+        if inputs.measurements_file:
+            scalp_methods = {"ScalpBasedTargets": json.loads(Path(inputs.measurements_file).read_text())}
+        exported = []
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")
-            atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False,
-                                                        float_format="%.2f", na_rep="n/a"))
+            if "cluster_size" in table:
+                table["cluster_size"] = table["cluster_size"].astype("Int64")
+            if space == "T1w" and inputs.native_t1w:
+                exported = write_navigation_exports(inputs.output_dir, inputs.subject, table,
+                                                    inputs.native_t1w, inputs.source_dir)
+            # mm and Fisher z to 2 decimals, unit axes to 4
+            table = table.round({c: 4 if c in sum(AXIS_COLUMNS.values(), ()) else 2 for c in table.columns})
+            atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
             write_json(sidecar(path), {
                 **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},
                 "Space": space,
@@ -204,7 +267,9 @@ class ParticipantDerivatives(SimpleInterface):
                 "Sources": used,
                 **provenance,
                 **inputs.parameters,
+                **scalp_methods,
             })
         write_text(paths["config"], inputs.config + "\n")
-        self._results["out_files"] = [str(p) for p in paths.values()] + [str(t[2]) for t in tables[1:]]
+        self._results["out_files"] = ([str(p) for p in paths.values()] + [str(t[2]) for t in tables[1:]]
+                                      + [str(p) for p in exported])
         return runtime

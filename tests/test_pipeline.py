@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+import pandas as pd
 import pytest
 from bids import BIDSLayout
 
@@ -167,3 +168,29 @@ def test_options_recover_the_planted_target(one_run_dataset, tmp_path, flags):
         sidecar = json.loads((tmp_path / "out" / "sub-01" / "func" /
                               f"sub-01_task-rest_space-{SPACE}_desc-sgACC_stat-z_boldmap.json").read_text())
         assert sidecar["Runs"][0]["RetainedVolumes"] < truth["n_volumes"] - truth["n_non_steady"] - 3
+
+
+def test_navigation_exports_round_trip_to_the_t1w_targets(mni_run):
+    from bids_app import exports
+
+    out, _, _ = mni_run
+    tms = out / "sub-01" / "tms"
+    table = pd.read_csv(tms / "sub-01_space-T1w_targets.tsv", sep="\t", na_values="n/a").set_index("name")
+    assert {"connectivity", "F3_1020", "F3_beam", "5cm", "motor_hand"} <= set(table.index)
+    readers = {
+        "sub-01_space-T1w_desc-brainsight_targets.txt": exports.read_brainsight_targets,
+        "sub-01_space-T1w_desc-localite_markers.xml": exports.read_localite_instrument_markers,
+        "sub-01_space-T1w_markers.tsv": exports.read_nibs_markers,
+    }
+    for name, reader in readers.items():
+        poses = {p["name"]: p["pose"] for p in reader((tms / name).read_text())}
+        assert set(poses) == set(table.index)
+        for target, pose in poses.items():
+            row = table.loc[target]
+            np.testing.assert_allclose(pose[:3, 3], [row.coil_x, row.coil_y, row.coil_z], atol=0.01)
+            np.testing.assert_allclose(pose[:3, 2], [row[f"coil_zaxis_{c}"] for c in "xyz"], atol=2e-4)
+            # the coil normal points into the head: from the scalp towards the cortical target
+            inward = np.array([row.x, row.y, row.z]) - pose[:3, 3]
+            assert inward @ pose[:3, 2] > 0.7 * np.linalg.norm(inward)
+    assert json.loads((tms / "sub-01_space-T1w_coordsystem.json").read_text())["IntendedFor"].endswith(
+        "sub-01/anat/sub-01_desc-preproc_T1w.nii.gz")

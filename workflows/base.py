@@ -4,7 +4,8 @@
 
     per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
-                                                   -> ScalpProjection -> MapTargets (T1w <-> MNI)
+                          -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
+                                                   -> MapTargets (T1w <-> MNI)
                                                    -> derivatives
 """
 
@@ -16,6 +17,7 @@ from nipype.pipeline import engine as pe
 from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from bids_app.derivatives import ParticipantDerivatives
 from workflows.combine import CombineRuns
+from workflows.landmarks import ScalpTargets
 from workflows.confounds import Denoise
 from workflows.correlation import SeedCorrelation
 from workflows.regions import Regions
@@ -104,7 +106,8 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
     sink = pe.Node(ParticipantDerivatives(
         output_dir=str(output_dir), subject=inputs.subject, space=inputs.space,
         task=options.task_id, seed_name=options.seed_name, parameters=options.parameters(),
-        config=options.to_json(), source_dir=str(source_dir)),
+        config=options.to_json(), source_dir=str(source_dir), **(
+            {"native_t1w": inputs.native_t1w} if inputs.native_t1w else {})),
         name="derivatives", run_without_submitting=True)
     # The derivatives are written every time, even when every computation is reused from the
     # work dir: the outputs may have been moved or deleted since.
@@ -122,9 +125,16 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
     if inputs.t1w:
         scalp = pe.Node(ScalpProjection(t1w_file=inputs.t1w), name="scalp_projection")
+        comparators = pe.Node(ScalpTargets(gm_file=inputs.gm, handle_angle_deg=options.handle_angle),
+                              name="scalp_targets")
+        if inputs.from_mni_xfm:
+            comparators.inputs.from_mni_xfm = inputs.from_mni_xfm
         workflow.connect([
             (select, scalp, [("targets_file", "points_file")]),
-            (scalp, targets, [("out_file", "targets_file")]),
+            (scalp, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
+            (combine, comparators, [("z_file", "z_file")]),
+            (comparators, targets, [("out_file", "targets_file")]),
+            (comparators, sink, [("measurements_file", "measurements_file")]),
         ])
     else:
         workflow.connect(select, "targets_file", targets, "targets_file")

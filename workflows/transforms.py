@@ -105,8 +105,8 @@ AXIS_COLUMNS = {axis: tuple(f"coil_{axis}axis_{c}" for c in "xyz") for axis in "
 def map_targets_table(table, xfm_file):
     """A targets table with every point and coil axis mapped into another space.
 
-    Distances are measured again in the new space (a template is bigger than most heads), angles
-    and correlations are kept.
+    Distances, and the depth adjustment that depends on them, are measured again in the new space
+    (a template is bigger than most heads); angles and correlations are kept.
 
     Parameters
     ----------
@@ -133,6 +133,12 @@ def map_targets_table(table, xfm_file):
     if "scalp_distance_mm" in table:
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
+    if "depth_adjustment_pct_mso" in table and (mapped["name"] == "motor_hand").any():
+        from workflows.coil import depth_dose_adjustment
+
+        motor_depth = float(mapped.loc[mapped["name"] == "motor_hand", "scalp_distance_mm"].iloc[0])
+        mapped["depth_adjustment_pct_mso"] = [depth_dose_adjustment(d, motor_depth)
+                                              for d in mapped["scalp_distance_mm"]]
     if "distance_to_connectivity_mm" in table:
         reference = mapped.loc[mapped["name"] == "connectivity", ["x", "y", "z"]].to_numpy(float)[0]
         mapped["distance_to_connectivity_mm"] = np.linalg.norm(
