@@ -163,7 +163,10 @@ def test_options_recover_the_planted_target(one_run_dataset, tmp_path, flags):
              else f for f in flags]
     assert run_app(root, tmp_path / "out", *flags, work_dir=tmp_path / "work") == 0
     row = connectivity_row(tmp_path / "out", SPACE)
-    assert distance_mm(row, truth["target_mni"]) <= 4.0
+    # A single voxel is noisier than a cluster centroid: the peak may be a diagonal neighbour of the
+    # planted voxel on the 4 mm test grid (4 * sqrt(3) = 6.9 mm).
+    tolerance = 4.0 * np.sqrt(3) if "peak" in flags else 4.0
+    assert distance_mm(row, truth["target_mni"]) <= tolerance
     if "--fd-threshold" in flags:  # volumes were really censored
         sidecar = json.loads((tmp_path / "out" / "sub-01" / "func" /
                               f"sub-01_task-rest_space-{SPACE}_desc-sgACC_stat-z_boldmap.json").read_text())

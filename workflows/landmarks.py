@@ -66,7 +66,7 @@ from workflows.coil import (
     coil_pose,
     depth_dose_adjustment,
 )
-from workflows.scalp import project_to_scalp
+from workflows.scalp import SCALP_COLUMNS, project_to_scalp, vertex_normals
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -152,19 +152,6 @@ FIVE_CM_MM = 50.0
 # --------------------------------------------------------------------------------------------
 # Mesh helpers
 # --------------------------------------------------------------------------------------------
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit area-weighted vertex normals (right-hand rule winding)."""
-    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
-    face_normals = np.cross(v1 - v0, v2 - v0)
-    normals = np.zeros(vertices.shape, dtype=float)
-    for i in range(3):
-        for axis in range(3):
-            normals[:, axis] += np.bincount(faces[:, i], weights=face_normals[:, axis],
-                                            minlength=len(vertices))
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return normals / np.where(length > 0, length, 1.0)
-
-
 class _Surface:
     """A triangle mesh with the look-up structures the constructions reuse."""
 
@@ -175,7 +162,7 @@ class _Surface:
             raise ValueError("vertices must be an (N, 3) array of at least 4 points")
         if self.faces.ndim != 2 or self.faces.shape[1] != 3:
             raise ValueError("faces must be an (M, 3) array of vertex indices")
-        self.normals = (_vertex_normals(self.vertices, self.faces) if normals is None
+        self.normals = (vertex_normals(self.vertices, self.faces) if normals is None
                         else np.asarray(normals, dtype=float))
         self.tree = cKDTree(self.vertices)
         self._graph = None
@@ -282,19 +269,24 @@ def point_at_fraction(polyline, fraction: float) -> np.ndarray:
     return point_at_distance(polyline, float(fraction) * polyline_length(polyline))
 
 
-def _split_at(polyline, point):
-    """Arc length from the start of a polyline to its point nearest ``point``."""
-    polyline = np.asarray(polyline, dtype=float)
-    a, b = polyline[:-1], polyline[1:]
+def _nearest_on_segments(a, b, point):
+    """The segment (a[i], b[i]) nearest ``point``: its index, the fraction along it, the distance
+    (mm) and every segment's length."""
     ab = b - a
     denom = np.einsum("ij,ij->i", ab, ab)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.clip(np.einsum("ij,ij->i", np.asarray(point) - a, ab) / denom, 0.0, 1.0)
     t = np.nan_to_num(t)
-    closest = a + t[:, None] * ab
-    i = int(np.argmin(np.linalg.norm(closest - point, axis=1)))
-    steps = np.sqrt(denom)
-    return float(steps[:i].sum() + t[i] * steps[i])
+    distance = np.linalg.norm(a + t[:, None] * ab - point, axis=1)
+    i = int(np.argmin(distance))
+    return i, t[i], float(distance[i]), np.sqrt(denom)
+
+
+def _split_at(polyline, point):
+    """Arc length from the start of a polyline to its point nearest ``point``."""
+    polyline = np.asarray(polyline, dtype=float)
+    i, t, _, steps = _nearest_on_segments(polyline[:-1], polyline[1:], point)
+    return float(steps[:i].sum() + t * steps[i])
 
 
 def _resample(polyline, spacing):
@@ -439,18 +431,9 @@ def _locate_on_loop(loop, point):
     """Arc-length position (mm from loop[0], along the closed loop) of the loop point nearest
     ``point``, its distance, and the loop's cumulative lengths."""
     closed = np.vstack([loop, loop[:1]])
-    a, b = closed[:-1], closed[1:]
-    ab = b - a
-    denom = np.einsum("ij,ij->i", ab, ab)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.clip(np.einsum("ij,ij->i", np.asarray(point) - a, ab) / denom, 0.0, 1.0)
-    t = np.nan_to_num(t)
-    closest = a + t[:, None] * ab
-    distance = np.linalg.norm(closest - point, axis=1)
-    i = int(np.argmin(distance))
-    steps = np.sqrt(denom)
+    i, t, distance, steps = _nearest_on_segments(closed[:-1], closed[1:], point)
     cumulative = np.concatenate([[0.0], np.cumsum(steps)])
-    return float(cumulative[i] + t[i] * steps[i]), float(distance[i]), cumulative
+    return float(cumulative[i] + t * steps[i]), distance, cumulative
 
 
 def _loop_arc(loop, s_from, s_to, cumulative):
@@ -868,7 +851,6 @@ POSE_COLUMNS = ("coil_x", "coil_y", "coil_z",
                 "coil_xaxis_x", "coil_xaxis_y", "coil_xaxis_z",
                 "coil_yaxis_x", "coil_yaxis_y", "coil_yaxis_z",
                 "coil_zaxis_x", "coil_zaxis_y", "coil_zaxis_z")
-SCALP_COLUMNS = ("scalp_x", "scalp_y", "scalp_z", "scalp_distance_mm", "scalp_normal_angle_deg")
 TARGET_COLUMNS = ("name", "x", "y", "z", "seed_correlation_z", *SCALP_COLUMNS, *POSE_COLUMNS,
                   "distance_to_connectivity_mm", "depth_adjustment_pct_mso")
 COMPARATOR_ROWS = ("F3_1020", "F3_beam", "5cm", "motor_hand")

@@ -222,7 +222,7 @@ def head_mask(
 # --------------------------------------------------------------------------------------------
 # Scalp mesh
 # --------------------------------------------------------------------------------------------
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit vertex normals: area-weighted mean of the incident faces' normals (right-hand rule)."""
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     face_normals = np.cross(v1 - v0, v2 - v0)  # length = 2 x area: area weighting for free
@@ -321,7 +321,7 @@ def scalp_mesh(
     v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
     if np.einsum("ij,ij->", v0, np.cross(v1, v2)) < 0:
         faces = faces[:, ::-1].copy()
-    return vertices, faces, _vertex_normals(vertices, faces)
+    return vertices, faces, vertex_normals(vertices, faces)
 
 
 # --------------------------------------------------------------------------------------------
