@@ -1,0 +1,108 @@
+"""ITK composite transforms: the files the generator writes and the direction map_points maps.
+
+The direction of fMRIPrep's ``*_mode-image_xfm.h5`` files is the classic trap: an image transform
+maps points of the reference (``to-``) space into the moving (``from-``) space. These tests hold
+that direction with nitransforms itself, on files with a known matrix.
+"""
+
+import h5py
+import nibabel as nb
+import numpy as np
+import pytest
+from nitransforms.manip import load
+
+from bids_app import synthetic
+from workflows.transforms import map_points
+
+MNI_POINTS = np.array([
+    [-40.0, 40.0, 30.0],    # the planted DLPFC target
+    [6.0, 16.0, -10.0],     # sgACC
+    [-50.2, 53.1, 42.2],    # F3 on the MNI scalp, near the edge of the head
+    [70.0, -100.0, -60.0],  # far from the centre, right-posterior-inferior
+])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xfm") / "fmriprep"
+    truth = synthetic.make_fmriprep_dataset(root, n_volumes=20, voxel_size=4.0, anat_voxel_size=4.0,
+                                            seed=5, templateflow_home=False, confounds_tsv=False)
+    anat = root / "sub-01" / "anat"
+    files = {
+        "mni_to_t1w": anat / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+        "t1w_to_mni": anat / "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5",
+    }
+    return files, np.array(truth["participants"]["01"]["mni_to_t1w"]), truth
+
+
+def _expected_t1w(matrix, points):
+    return nb.affines.apply_affine(matrix, points)
+
+
+def test_matrix_is_a_non_trivial_similarity(dataset):
+    _, matrix, _ = dataset
+    linear = matrix[:3, :3]
+    scale = np.cbrt(np.linalg.det(linear))
+    rotation = linear / scale
+    assert 0.9 < scale < 1.0
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-10)
+    angle = np.degrees(np.arccos((np.trace(rotation) - 1) / 2))
+    assert angle > 2.0                                  # a real rotation, not the identity
+    assert np.linalg.norm(matrix[:3, 3]) > 10.0         # and a translation of centimetres
+
+
+def test_h5_files_have_the_itk_composite_layout(dataset):
+    files, _, _ = dataset
+    for path in files.values():
+        with h5py.File(path, "r") as f:
+            group = f["TransformGroup"]
+            assert sorted(group) == ["0", "1", "2"]
+            assert group["0"]["TransformType"][0] == b"CompositeTransform_double_3_3"
+            assert group["1"]["TransformType"][0] == b"AffineTransform_double_3_3"
+            assert group["1"]["TransformParameters"].shape == (12,)
+            assert group["1"]["TransformFixedParameters"].shape == (3,)
+            assert group["2"]["TransformType"][0] == b"DisplacementFieldTransform_float_3_3"
+            fixed = group["2"]["TransformFixedParameters"][()]
+            assert fixed.shape == (18,)                 # size, origin, spacing, direction
+            size = fixed[:3].astype(int)
+            assert group["2"]["TransformParameters"].shape == (3 * int(np.prod(size)),)
+            np.testing.assert_allclose(np.abs(fixed[9:].reshape(3, 3)), np.eye(3))
+
+
+def test_nitransforms_maps_reference_points_into_the_moving_space(dataset):
+    """from-T1w_to-MNI maps MNI -> T1w; from-MNI_to-T1w maps T1w -> MNI (nitransforms itself)."""
+    files, matrix, _ = dataset
+    t1w = _expected_t1w(matrix, MNI_POINTS)
+    np.testing.assert_allclose(load(str(files["mni_to_t1w"]), fmt="itk").map(MNI_POINTS), t1w, atol=0.01)
+    np.testing.assert_allclose(load(str(files["t1w_to_mni"]), fmt="itk").map(t1w), MNI_POINTS, atol=0.01)
+
+
+def test_map_points_round_trip_and_direction(dataset):
+    files, matrix, truth = dataset
+    t1w = map_points(MNI_POINTS, files["mni_to_t1w"])
+    np.testing.assert_allclose(t1w, _expected_t1w(matrix, MNI_POINTS), atol=0.01)
+    np.testing.assert_allclose(map_points(t1w, files["t1w_to_mni"]), MNI_POINTS, atol=0.01)
+    # the truth's T1w target is the same map
+    target_t1w = map_points(truth["target_mni"], files["mni_to_t1w"])[0]
+    np.testing.assert_allclose(target_t1w, truth["participants"]["01"]["target_t1w"], atol=0.01)
+    # the wrong file moves the point by centimetres: the direction matters
+    wrong = map_points(truth["target_mni"], files["t1w_to_mni"])[0]
+    assert np.linalg.norm(wrong - target_t1w) > 10.0
+
+
+def test_written_transform_of_a_known_matrix(tmp_path):
+    """An off-centre affine with a large rotation, written and read back without the generator."""
+    matrix = nb.affines.from_matvec(1.1 * synthetic._rotation(np.radians([20.0, -35.0, 50.0])),
+                                    [-12.0, 30.0, 7.5])
+    grid = synthetic._mni_grid(8.0).padded(5)
+    path = tmp_path / "from-A_to-B_mode-image_xfm.h5"
+    synthetic._write_itk_h5(path, matrix, centre_ras=[10.0, -20.0, 30.0], field_grid=grid)
+    np.testing.assert_allclose(map_points(MNI_POINTS, path), _expected_t1w(matrix, MNI_POINTS), atol=0.01)
+
+
+def test_map_points_shapes(dataset):
+    files, _, _ = dataset
+    assert map_points([1.0, 2.0, 3.0], files["mni_to_t1w"]).shape == (1, 3)
+    assert map_points(np.empty((0, 3)), files["mni_to_t1w"]).shape == (0, 3)
+    with pytest.raises(ValueError):
+        map_points(np.zeros((4, 2)), files["mni_to_t1w"])
