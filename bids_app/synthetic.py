@@ -134,21 +134,16 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, ndimage
 
+from bids_app.config import DLPFC_SITES_MNI, SGACC_CENTER_MNI
+
 __all__ = ["PLANTED_TARGET_MNI", "DECOY_MNI", "make_fmriprep_dataset", "main"]
 
 PLANTED_TARGET_MNI = (-40.0, 40.0, 30.0)
 """Default planted DLPFC target, MNI152NLin2009cAsym mm RAS (near BA46)."""
-DECOY_MNI = (-41.0, 16.0, 54.0)
+DECOY_MNI = DLPFC_SITES_MNI["5cm"]
 """Default motion-artefact decoy, MNI mm RAS (the "5 cm" site, inside the DLPFC search region)."""
-SGACC_MNI = (6.0, 16.0, -10.0)
+SGACC_MNI = SGACC_CENTER_MNI
 """Subgenual cingulate seed centre, MNI mm RAS (Fox et al. 2012)."""
-DLPFC_SITES_MNI = {
-    "BA9": (-36.0, 39.0, 43.0),
-    "BA46": (-44.0, 40.0, 29.0),
-    "5cm": (-41.0, 16.0, 54.0),
-    "BeamF3": (-37.0, 26.0, 49.0),
-}
-"""Centres of the DLPFC search region's 20 mm spheres, MNI mm RAS (Fox et al. 2012)."""
 
 TEMPLATE = "MNI152NLin2009cAsym"
 MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")

@@ -12,8 +12,17 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 from bids_app import cli  # noqa: E402
 from bids_app.synthetic import make_fmriprep_dataset  # noqa: E402
 
+# The real MNI152NLin2009cAsym head and fMRIPrep confounds table beside the repository when they
+# are there (CI), the generator's self-made head and synthesized motion otherwise (a fresh clone).
+# Given explicitly: an installed package cannot find ../shared from its own location.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+_TEMPLATEFLOW = SHARED / "templateflow"
+_CONFOUNDS = SHARED / "fmriprep-confounds" / "ds005239" / "sub-01_ses-2_task-rest_desc-confounds_timeseries.tsv"
+REAL_DATA = dict(templateflow_home=_TEMPLATEFLOW if _TEMPLATEFLOW.is_dir() else False,
+                 confounds_tsv=_CONFOUNDS if _CONFOUNDS.is_file() else False)
+
 # Small grids keep the suite fast; the science is the same as on the 2 mm default.
-FAST = dict(voxel_size=4.0, n_volumes=160, tr=2.0)
+FAST = dict(voxel_size=4.0, n_volumes=160, tr=2.0, **REAL_DATA)
 
 
 @pytest.fixture(scope="session")

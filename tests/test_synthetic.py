@@ -17,9 +17,10 @@ from nilearn.interfaces.fmriprep import load_confounds
 
 from bids_app import synthetic
 from bids_app.synthetic import DECOY_MNI, PLANTED_TARGET_MNI, make_fmriprep_dataset, main
+from conftest import REAL_DATA
 
 SPACE = "MNI152NLin2009cAsym"
-FAST = dict(voxel_size=4.0, n_volumes=150, tr=2.0)
+FAST = dict(voxel_size=4.0, n_volumes=150, tr=2.0, **REAL_DATA)
 MOTION = [f"{p}_{a}" for p in ("trans", "rot") for a in "xyz"]
 MOTION_24 = [m + s for m in MOTION for s in ("", "_derivative1", "_power2", "_derivative1_power2")]
 
@@ -231,7 +232,7 @@ def test_self_made_head_without_shared_data(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "_SHARED_CONFOUNDS", tmp_path / "absent.tsv")
     monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
     root = tmp_path / "fmriprep"
-    truth = make_fmriprep_dataset(root, seed=4, **FAST)
+    truth = make_fmriprep_dataset(root, seed=4, **{**FAST, "templateflow_home": None, "confounds_tsv": None})
     assert truth["head"] == "synthetic" and truth["motion_source"] == "synthesized"
     anat = root / "sub-01" / "anat"
     gm = nb.load(anat / f"sub-01_space-{SPACE}_label-GM_probseg.nii.gz")
