@@ -126,6 +126,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import h5py
@@ -134,6 +135,8 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, ndimage
 
+from bids_app import __version__
+from bids_app.collect import clean_label
 from bids_app.config import DLPFC_SITES_MNI, SGACC_CENTER_MNI
 
 __all__ = ["PLANTED_TARGET_MNI", "DECOY_MNI", "make_fmriprep_dataset", "main"]
@@ -607,7 +610,7 @@ def _blob(world: np.ndarray, centre, sigma: float) -> np.ndarray:
 
 
 def _bold_baseline(f: dict) -> np.ndarray:
-    """EPI baseline intensity from tissue fractions, with a mild coil-sensitivity gradient."""
+    """EPI baseline intensity from tissue fractions (CSF bright, then GM, WM, non-brain tissue)."""
     t = _TISSUE_BOLD
     nonbrain = np.clip(f["head"] - f["gm"] - f["wm"] - f["csf"], 0.0, 1.0)
     baseline = t["gm"] * f["gm"] + t["wm"] * f["wm"] + t["csf"] * f["csf"] + t["nonbrain"] * nonbrain
@@ -629,7 +632,7 @@ class _Maps:
     dseg: np.ndarray
     stored: np.ndarray
 
-    @property
+    @cached_property
     def voxels(self) -> tuple:
         """Indices of the stored voxels, brain-mask voxels first: the BOLD is handled as (T, V)
         arrays in this order, so brain-wide statistics read one contiguous block of columns."""
@@ -681,15 +684,24 @@ def _mni_bold_maps(f: dict, grid: _Grid, target, decoy, signal_strength: float, 
     return _Maps(grid, baseline, maps, brain, f["gm"], f["wm"], f["csf"], f["dseg"], stored)
 
 
-def _resample_maps(mni: _Maps, grid: _Grid, f: dict, to_mni: np.ndarray) -> _Maps:
-    """The MNI-grid maps resampled (linear) onto ``grid``, whose mm ``to_mni`` maps to MNI mm."""
-    through = _sampler(mni.grid.affine, grid, to_mni)
+def _t1w_bold_maps(head, mni: _Maps, mni_to_t1w: np.ndarray, target_t1w) -> _Maps:
+    """The MNI BOLD maps resampled (linear) onto a participant's T1w BOLD grid.
 
-    brain = f["brain"]
-    stored = through(mni.stored.astype(np.float32)) > 0.5
-    stored |= brain
+    The grid is axis-aligned in T1w space with the MNI voxel size and covers the stored region;
+    the tissue fields and masks come from the head itself at that resolution. Its origin puts the
+    planted target on a voxel centre, as it is in MNI space, so that a recovered target's error
+    measures the pipeline, not the grid.
+    """
+    t1w_to_mni = np.linalg.inv(mni_to_t1w)
+    spacing = mni.grid.spacing
+    grid = _covering_grid(mni.grid.world(mni.stored, to_world=mni_to_t1w), spacing, 2 * spacing)
+    origin = grid.affine[:3, 3]
+    grid.affine[:3, 3] = origin + np.mod(np.asarray(target_t1w) - origin, spacing)
+    f = _tissue_fields(head, grid, t1w_to_mni)
+    through = _sampler(mni.grid.affine, grid, t1w_to_mni)
+    stored = (through(mni.stored.astype(np.float32)) > 0.5) | f["brain"]
     return _Maps(grid, through(mni.baseline), {k: through(v) for k, v in mni.maps.items()},
-                 brain, f["gm"], f["wm"], f["csf"], f["dseg"], stored)
+                 f["brain"], f["gm"], f["wm"], f["csf"], f["dseg"], stored)
 
 
 def _timecourses(motion: np.ndarray, jerks: np.ndarray, tr: float, rng) -> dict:
@@ -719,7 +731,7 @@ def _render(maps: _Maps, tcs: dict, noise_sd: float, rng) -> np.ndarray:
     names = sorted(maps.maps)
     voxels = maps.voxels
     spatial = np.stack([maps.maps[k][voxels] for k in names], axis=0)  # (K, V)
-    temporal = np.stack([tcs[k] for k in names], axis=1)                     # (T, K)
+    temporal = np.stack([tcs[k] for k in names], axis=1)               # (T, K)
     n = temporal.shape[0]
     data = rng.standard_normal((n, spatial.shape[1]), dtype=np.float32)
     innovation = np.float32(np.sqrt(1.0 - _NOISE_AR1**2))
@@ -835,13 +847,11 @@ def _confounds(data: np.ndarray, maps: _Maps, motion: np.ndarray, tr: float) -> 
     components, meta = _acompcor(data[:, column_of[wm_mask | csf_mask]], tr)
     for k in range(components.shape[1]):
         columns[f"a_comp_cor_{k:02d}"] = components[:, k]
-    cosines = np.zeros((n, 0))
-    if n > N_NON_STEADY:
-        cosines = _cosine_basis(n - N_NON_STEADY, tr)
-        cosines = np.r_[np.zeros((N_NON_STEADY, cosines.shape[1])), cosines]
+    cosines = _cosine_basis(n - N_NON_STEADY, tr)
+    cosines = np.r_[np.zeros((N_NON_STEADY, cosines.shape[1])), cosines]
     for k in range(cosines.shape[1]):
         columns[f"cosine{k:02d}"] = cosines[:, k]
-    for k in range(min(N_NON_STEADY, n)):
+    for k in range(N_NON_STEADY):
         columns[f"non_steady_state_outlier{k:02d}"] = (np.arange(n) == k).astype(float)
     for j, name in enumerate(MOTION_COLUMNS):
         columns.update(_expansions(name, motion[:, j]))
@@ -901,18 +911,10 @@ def _write_json(path: Path, content) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("tmstarget")
-    except Exception:  # a source tree that was never installed
-        return "0+unknown"
-
-
-def _entities(participant, session, run=None) -> str:
-    parts = [f"sub-{participant}"] + ([f"ses-{session}"] if session is not None else [])
-    return "_".join(parts + ([f"task-rest_run-{run}"] if run is not None else []))
+def _entities(participant: str, session, run: int) -> str:
+    """``sub-<p>[_ses-<s>]_task-rest_run-<r>``: fMRIPrep's file-name stem of a run."""
+    session = [f"ses-{session}"] if session is not None else []
+    return "_".join([f"sub-{participant}", *session, f"task-rest_run-{run}"])
 
 
 def _write_anat(anat_dir: Path, prefix: str, f: dict, grid: _Grid, space_code: int) -> None:
@@ -925,6 +927,62 @@ def _write_anat(anat_dir: Path, prefix: str, f: dict, grid: _Grid, space_code: i
     _save(f["dseg"], grid, anat_dir / f"{prefix}_dseg.nii.gz", np.uint8, space_code)
 
 
+def _write_anatomy(anat_dir: Path, subject: str, head, mni_anat: dict, mni_anat_grid: _Grid,
+                   mni_to_t1w: np.ndarray, mni_spaces, rng) -> None:
+    """Write a participant's anatomy (T1w space and each MNI space) and the T1w<->MNI transforms.
+
+    The T1w-space images are the MNI fields resampled through ``mni_to_t1w`` onto an axis-aligned
+    grid covering the head with 10 mm to spare.
+    """
+    anat_dir.mkdir(parents=True, exist_ok=True)
+    t1w_to_mni = np.linalg.inv(mni_to_t1w)
+    head_in_t1w = mni_anat_grid.world(mni_anat["head"] > 0.5, to_world=mni_to_t1w)
+    t1w_grid = _covering_grid(head_in_t1w, mni_anat_grid.spacing, 10.0)
+    outputs = [(_tissue_fields(head, t1w_grid, t1w_to_mni), t1w_grid, subject, 1)]
+    outputs += [(mni_anat, mni_anat_grid, f"{subject}_space-{space}", 4) for space in mni_spaces]
+    for fields, grid, prefix, code in outputs:
+        if head.kind == "synthetic":  # a scanner's image has noise; the template has none to add
+            fields = dict(fields, t1w=_rician(fields["t1w"], 12.0, rng))
+        _write_anat(anat_dir, prefix, fields, grid, code)
+    # The zero displacement fields live on the reference grids, padded (see the module docstring).
+    for space in dict.fromkeys([TEMPLATE, *mni_spaces]):
+        _write_itk_h5(anat_dir / f"{subject}_from-T1w_to-{space}_mode-image_xfm.h5",
+                      mni_to_t1w, _HEAD_CENTRE_MNI, mni_anat_grid.padded(5))
+        _write_itk_h5(anat_dir / f"{subject}_from-{space}_to-T1w_mode-image_xfm.h5",
+                      t1w_to_mni, nib.affines.apply_affine(mni_to_t1w, _HEAD_CENTRE_MNI), t1w_grid.padded(5))
+
+
+def _write_run(func_dir: Path, base: str, spaces, space_maps: dict, tcs: dict, motion: np.ndarray,
+               tr: float, noise_sd: float, rng) -> None:
+    """Render and write one run's BOLD in every space, then its confounds (from the first space)."""
+    rendered = {}
+    for space in spaces:
+        maps = space_maps[space]
+        if id(maps) not in rendered:  # MNI152NLin6Asym shares the MNI geometry: same data
+            data = _render(maps, tcs, noise_sd, rng)
+            slope = np.float32(np.abs(data).max() / 32000.0)
+            data /= slope
+            np.rint(data, out=data)   # the int16 values as stored
+            rendered[id(maps)] = (data, slope)
+        data, slope = rendered[id(maps)]
+        code = 1 if space == "T1w" else 4  # NIfTI xform codes: scanner-based, MNI
+        stem = f"{base}_space-{space}"
+        _write_bold(func_dir / f"{stem}_desc-preproc_bold.nii.gz", data, maps, float(slope), tr, code)
+        _write_json(func_dir / f"{stem}_desc-preproc_bold.json",
+                    {"RepetitionTime": float(tr), "TaskName": "rest", "SkullStripped": False})
+        _save(maps.brain.astype(np.uint8), maps.grid, func_dir / f"{stem}_desc-brain_mask.nii.gz",
+              np.uint8, code)
+        boldref = np.zeros(maps.grid.shape, np.float32)
+        boldref[maps.voxels] = data[N_NON_STEADY:].mean(axis=0) * slope
+        _save(boldref, maps.grid, func_dir / f"{stem}_boldref.nii.gz", np.float32, code)
+    # confounds from the first space's BOLD as written (rescaled in place: no copy)
+    data, slope = rendered.pop(id(space_maps[spaces[0]]))
+    data *= slope
+    table, meta = _confounds(data, space_maps[spaces[0]], motion, tr)
+    table.to_csv(func_dir / f"{base}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    _write_json(func_dir / f"{base}_desc-confounds_timeseries.json", meta)
+
+
 def _rician(volume: np.ndarray, sd: float, rng) -> np.ndarray:
     """Magnitude of the complex signal plus Gaussian noise: Rician background, as in MR images."""
     real = volume + rng.normal(0.0, sd, volume.shape)
@@ -934,12 +992,6 @@ def _rician(volume: np.ndarray, sd: float, rng) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # the public generator
 # --------------------------------------------------------------------------------------------
-def _clean_labels(values, prefix):
-    if values is None:
-        return ()
-    return tuple(None if v is None else str(v).removeprefix(prefix) for v in values)
-
-
 def _snap_to_gm(point, gm: np.ndarray, grid: _Grid) -> np.ndarray:
     """Centre of the grey-matter voxel of ``grid`` nearest to ``point`` (mm)."""
     centres = grid.world(gm)
@@ -1004,8 +1056,8 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
         ``seed``, ``signal_strength``, ``noise_level``.
     """
     out_dir = Path(out_dir)
-    participants = _clean_labels(participants, "sub-") or ("01",)
-    sessions = _clean_labels(sessions, "ses-") or (None,)
+    participants = tuple(clean_label(str(p)) for p in participants) or ("01",)
+    sessions = tuple(None if s is None else clean_label(str(s), "session") for s in sessions or ()) or (None,)
     spaces = tuple(spaces)
     unknown = [s for s in spaces if s not in MNI_SPACES + ("T1w",)]
     if unknown or not spaces:
@@ -1038,7 +1090,7 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
         "Name": "tmstarget synthetic fMRIPrep derivatives",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "tmstarget-synth", "Version": _version(),
+        "GeneratedBy": [{"Name": "tmstarget-synth", "Version": __version__,
                          "Description": "synthetic resting-state fMRIPrep outputs with a planted "
                                         "sgACC-anticorrelated DLPFC target"}],
     })
@@ -1057,35 +1109,14 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
 
     for p_index, label in enumerate(participants):
         mni_to_t1w = _participant_map(seed, label)
-        t1w_to_mni = np.linalg.inv(mni_to_t1w)
-        anat_dir = out_dir / f"sub-{label}" / "anat"
-        anat_dir.mkdir(parents=True, exist_ok=True)
-        anat_rng = np.random.default_rng([seed, 13, p_index])
+        _write_anatomy(out_dir / f"sub-{label}" / "anat", f"sub-{label}", head, mni_anat, mni_anat_grid,
+                       mni_to_t1w, [s for s in spaces if s in MNI_SPACES],
+                       np.random.default_rng([seed, 13, p_index]))
 
-        # T1w-space anatomy: the MNI fields resampled through the participant's map
-        head_pts = mni_anat_grid.world(mni_anat["head"] > 0.5, to_world=mni_to_t1w)
-        t1w_anat_grid = _covering_grid(head_pts, anat_voxel_size, 10.0)
-        t1w_anat = _tissue_fields(head, t1w_anat_grid, t1w_to_mni)
-        for f, grid, prefix, code in ((t1w_anat, t1w_anat_grid, f"sub-{label}", 1),) + tuple(
-                (mni_anat, mni_anat_grid, f"sub-{label}_space-{s}", 4) for s in spaces if s in MNI_SPACES):
-            fields = dict(f)
-            if head.kind == "synthetic":
-                fields["t1w"] = _rician(f["t1w"], 12.0, anat_rng)
-            _write_anat(anat_dir, prefix, fields, grid, code)
-        for mni_space in dict.fromkeys((TEMPLATE,) + tuple(s for s in spaces if s in MNI_SPACES)):
-            _write_itk_h5(anat_dir / f"sub-{label}_from-T1w_to-{mni_space}_mode-image_xfm.h5",
-                          mni_to_t1w, _HEAD_CENTRE_MNI, mni_anat_grid.padded(5))
-            _write_itk_h5(anat_dir / f"sub-{label}_from-{mni_space}_to-T1w_mode-image_xfm.h5",
-                          t1w_to_mni, nib.affines.apply_affine(mni_to_t1w, _HEAD_CENTRE_MNI),
-                          t1w_anat_grid.padded(5))
-
-        # BOLD grids of this participant
         space_maps = {s: mni_maps for s in spaces if s in MNI_SPACES}
         if "T1w" in spaces:
-            stored_pts = mni_bold_grid.world(mni_maps.stored, to_world=mni_to_t1w)
-            grid = _covering_grid(stored_pts, voxel_size, voxel_size)
-            space_maps["T1w"] = _resample_maps(mni_maps, grid, _tissue_fields(head, grid, t1w_to_mni),
-                                               t1w_to_mni)
+            space_maps["T1w"] = _t1w_bold_maps(head, mni_maps, mni_to_t1w,
+                                               nib.affines.apply_affine(mni_to_t1w, target))
 
         truth["participants"][label] = {
             "target_t1w": nib.affines.apply_affine(mni_to_t1w, target).tolist(),
@@ -1101,34 +1132,8 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
                 motion = (_real_motion(motion_table, n_volumes, rng) if motion_table
                           else _synthetic_motion(n_volumes, rng))
                 motion, jerks = _add_spikes(motion, rng)
-                tcs = _timecourses(motion, jerks, tr, rng)
-                base = _entities(label, session, run)
-                rendered = {}
-                for space in spaces:
-                    maps = space_maps[space]
-                    key = id(maps)  # MNI152NLin6Asym shares the geometry: write the same data
-                    if key not in rendered:
-                        data = _render(maps, tcs, noise_sd, rng)
-                        slope = np.float32(np.abs(data).max() / 32000.0)
-                        data /= slope
-                        np.rint(data, out=data)
-                        rendered[key] = (data, slope)
-                    data, slope = rendered[key]
-                    code = 1 if space == "T1w" else 4
-                    stem = func_dir / f"{base}_space-{space}"
-                    _write_bold(Path(f"{stem}_desc-preproc_bold.nii.gz"), data, maps, float(slope), tr, code)
-                    _write_json(Path(f"{stem}_desc-preproc_bold.json"),
-                                {"RepetitionTime": float(tr), "TaskName": "rest", "SkullStripped": False})
-                    _save(maps.brain.astype(np.uint8), maps.grid, Path(f"{stem}_desc-brain_mask.nii.gz"),
-                          np.uint8, code)
-                    boldref = np.zeros(maps.grid.shape, np.float32)
-                    boldref[maps.voxels] = data[N_NON_STEADY:].mean(axis=0) * slope
-                    _save(boldref, maps.grid, Path(f"{stem}_boldref.nii.gz"), np.float32, code)
-                first_data, first_slope = rendered[id(space_maps[spaces[0]])]
-                table, meta = _confounds(first_data * first_slope, space_maps[spaces[0]], motion, tr)
-                table.to_csv(func_dir / f"{base}_desc-confounds_timeseries.tsv", sep="\t",
-                             index=False, na_rep="n/a")
-                _write_json(func_dir / f"{base}_desc-confounds_timeseries.json", meta)
+                _write_run(func_dir, _entities(label, session, run), spaces, space_maps,
+                           _timecourses(motion, jerks, tr, rng), motion, tr, noise_sd, rng)
 
     _write_json(out_dir / TRUTH_FILE, truth)
     return truth
