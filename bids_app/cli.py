@@ -268,11 +268,11 @@ def _run(args, options):
         except RuntimeError as err:
             message = _crash_message(work_dir / "crash", start) or str(err)
             raise InputError(f"sub-{inputs.subject}: {message}") from None
-        _report(inputs, paths, time.time() - start)
+        _report(inputs, output_dir, paths, time.time() - start)
     return 0
 
 
-def _report(inputs, paths, seconds):
+def _report(inputs, output_dir, paths, seconds):
     import pandas as pd
 
     from bids_app.derivatives import sidecar
@@ -281,13 +281,18 @@ def _report(inputs, paths, seconds):
         if not run["Used"]:
             LOGGER.warning("sub-%s: %s was dropped: %.0f s retained, less than --min-time",
                            inputs.subject, run["Source"], run["RetainedTime_s"])
-    targets_file = paths["targets"]
-    row = pd.read_csv(targets_file, sep="\t").set_index("name").loc["connectivity"]
-    scalp = (f"; scalp point ({row.scalp_x:.1f}, {row.scalp_y:.1f}, {row.scalp_z:.1f}) mm, "
-             f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
-    print(f"sub-{inputs.subject}: connectivity target at ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm "
-          f"in {inputs.space} (Fisher z {row.seed_correlation_z:.2f}){scalp} [{seconds:.0f} s]\n"
-          f"  {targets_file}")
+    from bids_app.derivatives import targets_path
+
+    print(f"sub-{inputs.subject}: connectivity target, Fisher z and scalp point [{seconds:.0f} s]")
+    for space in (inputs.space, inputs.other_space):
+        targets_file = targets_path(output_dir, inputs.subject, space) if space else None
+        if targets_file is None or not targets_file.is_file():
+            continue
+        row = pd.read_csv(targets_file, sep="\t").set_index("name").loc["connectivity"]
+        scalp = (f"; scalp ({row.scalp_x:.1f}, {row.scalp_y:.1f}, {row.scalp_z:.1f}) mm, "
+                 f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
+        print(f"  {space}: ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm, z {row.seed_correlation_z:.2f}"
+              f"{scalp}\n    {targets_file}")
 
 
 if __name__ == "__main__":
