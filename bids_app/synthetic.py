@@ -33,8 +33,9 @@ cortical grey-matter ribbon 8 mm thick, a medial grey-matter wall, ventricles, d
 that puts the four DLPFC sites and the planted target in the ribbon and the sgACC inside the
 brain. Each participant's T1w space is a similarity transform of MNI space,
 ``T1w mm = A @ MNI mm + b`` (a rotation of a few degrees about each axis, isotropic scale about
-0.95, a translation of 1-4 cm on each axis; all seed-dependent), and every T1w-space image is the
-MNI-space field resampled through that map onto an axis-aligned RAS grid covering the head.
+0.95, a shift of 2-8 mm left-right and 1-4 cm on the other axes; all seed-dependent), and every
+T1w-space image is the MNI-space field resampled through that map onto an axis-aligned RAS grid
+covering the head.
 
 Transforms, and which way they map
 ----------------------------------
@@ -447,13 +448,15 @@ def _participant_map(seed: int, label: str) -> np.ndarray:
     """4x4 RAS matrix mapping MNI mm to the participant's T1w mm (seed- and label-dependent).
 
     Rotations of 2-6 degrees about each axis, an isotropic scale of 0.93-0.97 (heads are smaller
-    than the MNI template) and a translation of 1-4 cm on each axis, each with a random sign.
+    than the MNI template) and a translation, each with a random sign: 2-8 mm left-right (heads
+    sit near the scanner's midline, so the left hemisphere keeps x < 0) and 1-4 cm on the other
+    axes.
     """
     rng = np.random.default_rng([seed, 11, zlib.crc32(label.encode())])
     signs = rng.choice([-1.0, 1.0], size=6)
     angles = np.deg2rad(rng.uniform(2.0, 6.0, 3)) * signs[:3]
     scale = rng.uniform(0.93, 0.97)
-    shift = rng.uniform(10.0, 40.0, 3) * signs[3:]
+    shift = rng.uniform([2.0, 10.0, 10.0], [8.0, 40.0, 40.0]) * signs[3:]
     return nib.affines.from_matvec(scale * _rotation(angles), shift)
 
 
@@ -1161,18 +1164,24 @@ def main(argv=None) -> int:
     parser.add_argument("--signal-strength", type=float, default=1.0)
     parser.add_argument("--noise-level", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--templateflow-home", type=Path, default=None,
+                        help="TemplateFlow home holding tpl-MNI152NLin2009cAsym (default: $TEMPLATEFLOW_HOME "
+                             "or ../shared/data/templateflow when present, else the self-made head)")
+    parser.add_argument("--confounds-tsv", type=Path, default=None,
+                        help="real fMRIPrep confounds table to take motion from (default: the one in "
+                             "../shared/data when present, else synthesized motion)")
     parser.add_argument("--no-shared-data", action="store_true",
-                        help="use the self-made head and synthesized motion even where ../shared/data exists")
+                        help="use the self-made head and synthesized motion whatever is available")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    shared = False if args.no_shared_data else None
     truth = make_fmriprep_dataset(
         args.out_dir, participants=args.participants, sessions=args.sessions or (None,),
         n_runs=args.runs, n_volumes=args.volumes, tr=args.tr, spaces=args.spaces,
         voxel_size=args.voxel_size, anat_voxel_size=args.anat_voxel_size, target_mni=tuple(args.target),
         signal_strength=args.signal_strength, noise_level=args.noise_level, seed=args.seed,
-        templateflow_home=shared, confounds_tsv=shared)
+        templateflow_home=False if args.no_shared_data else args.templateflow_home,
+        confounds_tsv=False if args.no_shared_data else args.confounds_tsv)
 
     def fmt(xyz):
         return "(" + ", ".join(f"{v:.1f}" for v in xyz) + ")"

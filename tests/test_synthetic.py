@@ -153,6 +153,7 @@ def test_truth_t1w_points_follow_the_participant_map(dataset):
     np.testing.assert_allclose(participant["target_t1w"], a @ truth["target_mni"] + b, atol=1e-9)
     np.testing.assert_allclose(participant["decoy_t1w"], a @ truth["decoy_mni"] + b, atol=1e-9)
     assert not np.allclose(a, np.eye(3), atol=0.02)
+    assert participant["target_t1w"][0] < 0               # still the left hemisphere in T1w space
 
 
 def test_planted_target_anticorrelated_only_after_confound_regression(dataset):
