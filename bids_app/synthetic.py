@@ -1052,7 +1052,7 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
     -------
     dict
         The truth, also written to ``out_dir/tmstarget_synthetic_truth.json``: ``target_mni`` and
-        ``decoy_mni`` (mm, after snapping), ``sgacc_mni``, ``participants`` (per label:
+        ``decoy_mni`` (mm, after snapping), ``target_mni_requested``, ``sgacc_mni``, ``participants`` (per label:
         ``target_t1w``, ``decoy_t1w`` in mm and ``mni_to_t1w``, the 4x4 RAS matrix mapping MNI mm
         to T1w mm), ``tr``, ``n_volumes``, ``n_non_steady``, ``voxel_size``,
         ``anat_voxel_size``, ``spaces``, ``sessions``, ``n_runs``, ``head``, ``motion_source``,
