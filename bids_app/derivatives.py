@@ -96,7 +96,11 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
         "SourceDatasets": [{"URL": source_uri, **({"Version": source_version} if source_version else {})}],
         "DatasetLinks": {"fmriprep": source_uri},
     }
-    return write_json(path, description)
+    write_json(path, description)
+    # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
+    # stat-<label>_boldmap names of the statistical-derivatives BEP (as XCP-D writes them).
+    write_text(Path(output_dir) / ".bidsignore", "sub-*/log\nsub-*/tms\n*_boldmap.*\n")
+    return path
 
 
 def sidecar(path):
@@ -230,8 +234,9 @@ class ParticipantDerivatives(SimpleInterface):
         })
         for key, source_file in (("seed_mask", inputs.seed_file), ("search_mask", inputs.search_file)):
             img = nb.load(source_file)
-            nb_mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
-            atomic_write(paths[key], nb_mask.to_filename)
+            mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
+            mask.header.set_xyzt_units("mm")
+            atomic_write(paths[key], mask.to_filename)
             write_json(sidecar(paths[key]), {
                 "Description": {"seed_mask": f"Voxels of the {inputs.seed_name} seed on the BOLD grid",
                                 "search_mask": "DLPFC search region restricted to grey matter, "

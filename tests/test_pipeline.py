@@ -115,6 +115,8 @@ def test_pybids_indexes_the_outputs(mni_run):
     assert len(maps) == 1 and maps[0].get_metadata()["Space"] == SPACE
     targets = layout.get(subject="01", suffix="targets", extension=".tsv")
     assert sorted(t.entities["space"] for t in targets) == sorted([SPACE, "T1w"])
+    # what the BIDS specification does not cover yet is listed for the validator
+    assert (out / ".bidsignore").read_text().split() == ["sub-*/log", "sub-*/tms", "*_boldmap.*"]
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "tmstarget"
@@ -135,7 +137,8 @@ def test_targets_table_and_sidecar(mni_run):
     assert sidecar["TargetSelection"]["Method"] == "cluster"
     config = json.loads((out / "sub-01" / "log" / "config.json").read_text())
     assert config["confounds"] == "gsr"
-    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
+    # no temporary files left
+    assert [p.name for p in out.rglob(".*")] == [".bidsignore"]
 
 
 def _seed_image(path, weighted):
