@@ -40,6 +40,11 @@ def test_targets_are_also_given_in_t1w_space(mni_run):
         point = [mni[f"{prefix}{c}"] for c in "xyz"]
         expected = nb.affines.apply_affine(mni_to_t1w, point)
         assert np.linalg.norm(np.array([t1w[f"{prefix}{c}"] for c in "xyz"]) - expected) < 0.5
+    # the coil axes turn with the head (the synthetic map is a similarity: axes map by its matrix)
+    for axis in "yz":
+        direction = mni_to_t1w[:3, :3] @ [mni[f"coil_{axis}axis_{c}"] for c in "xyz"]
+        np.testing.assert_allclose([t1w[f"coil_{axis}axis_{c}"] for c in "xyz"],
+                                   direction / np.linalg.norm(direction), atol=1e-3)
     sidecar = json.loads((out / "sub-01" / "tms" / "sub-01_space-T1w_targets.json").read_text())
     assert sidecar["Space"] == "T1w" and sidecar["MappedFrom"] == SPACE
     assert sidecar["Transform"].endswith("sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5")

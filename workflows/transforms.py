@@ -69,25 +69,6 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
 
 
-def map_pose_axes(centres, axes, xfm_file, step_mm=1.0):
-    """Map unit direction vectors attached to points (coil axes) through a transform.
-
-    Each axis is mapped as the difference of two mapped points ``step_mm`` apart, which follows a
-    non-linear transform's local Jacobian; the results are renormalized.
-
-    Parameters
-    ----------
-    centres : ndarray of shape (N, 3)
-        Points the axes start from (mm, reference space of ``xfm_file``).
-    axes : ndarray of shape (N, 3)
-        Unit vectors.
-    """
-    centres = np.asarray(centres, dtype=float)
-    ends = map_points(centres + step_mm * np.asarray(axes, dtype=float), xfm_file)
-    moved = ends - map_points(centres, xfm_file)
-    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
-
-
 def orthonormal_frame(z_axis, y_axis):
     """The right-handed orthonormal frame (x, y, z) closest to keeping ``z`` and then ``y``."""
     z = np.asarray(z_axis, float) / np.linalg.norm(z_axis, axis=-1, keepdims=True)
@@ -100,6 +81,8 @@ def orthonormal_frame(z_axis, y_axis):
 POINT_COLUMNS = (("x", "y", "z"), ("scalp_x", "scalp_y", "scalp_z"), ("coil_x", "coil_y", "coil_z"))
 #: Coil axes (unit vectors) of a targets table.
 AXIS_COLUMNS = {axis: tuple(f"coil_{axis}axis_{c}" for c in "xyz") for axis in "xyz"}
+#: Length (mm) of the segment along a coil axis that is mapped to carry the axis to another space.
+AXIS_STEP_MM = 1.0
 
 
 def map_targets_table(table, xfm_file):
@@ -116,20 +99,31 @@ def map_targets_table(table, xfm_file):
         Transform whose reference space is the table's space (see :func:`map_points`).
     """
     mapped = table.copy()
+    # Every point goes through the transform in one call (each call reads the .h5 file): the point
+    # columns, and for the coil the tips of its normal and handle axes 1 mm from its centre, so
+    # the axes follow a non-linear transform's local Jacobian.
+    blocks = {columns: table[list(columns)].to_numpy(float)
+              for columns in POINT_COLUMNS if set(columns) <= set(table.columns)}
+    has_pose = ("coil_x", "coil_y", "coil_z") in blocks and all(
+        set(c) <= set(table.columns) for c in AXIS_COLUMNS.values())
+    if has_pose:
+        centres = blocks[("coil_x", "coil_y", "coil_z")]
+        for axis in "zy":
+            blocks[axis] = centres + AXIS_STEP_MM * table[list(AXIS_COLUMNS[axis])].to_numpy(float)
+    stacked = np.concatenate(list(blocks.values())) if blocks else np.empty((0, 3))
+    valid = np.isfinite(stacked).all(axis=1)
+    moved = np.full_like(stacked, np.nan)
+    moved[valid] = map_points(stacked[valid], xfm_file)
+    moved = dict(zip(blocks, np.split(moved, len(blocks)))) if blocks else {}
     for columns in POINT_COLUMNS:
-        if set(columns) <= set(table.columns):
-            points = table[list(columns)].to_numpy(float)
-            valid = np.isfinite(points).all(axis=1)
-            new = np.full_like(points, np.nan)
-            new[valid] = map_points(points[valid], xfm_file)
-            mapped[list(columns)] = new
-    if all(set(c) <= set(table.columns) for c in AXIS_COLUMNS.values()) and "coil_x" in table:
-        centres = table[["coil_x", "coil_y", "coil_z"]].to_numpy(float)
-        valid = np.isfinite(centres).all(axis=1)
-        z = map_pose_axes(centres[valid], table.loc[valid, list(AXIS_COLUMNS["z"])].to_numpy(float), xfm_file)
-        y = map_pose_axes(centres[valid], table.loc[valid, list(AXIS_COLUMNS["y"])].to_numpy(float), xfm_file)
-        for axis, values in zip("xyz", orthonormal_frame(z, y)):
-            mapped.loc[valid, list(AXIS_COLUMNS[axis])] = values
+        if columns in moved:
+            mapped[list(columns)] = moved[columns]
+    if has_pose:
+        centres = moved[("coil_x", "coil_y", "coil_z")]
+        rows = np.isfinite(centres).all(axis=1)
+        frame = orthonormal_frame(moved["z"][rows] - centres[rows], moved["y"][rows] - centres[rows])
+        for axis, values in zip("xyz", frame):
+            mapped.loc[rows, list(AXIS_COLUMNS[axis])] = values
     if "scalp_distance_mm" in table:
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
