@@ -69,6 +69,8 @@ def build_parser():
                    "0.5 is the usual choice, Power et al. 2012)")
     g.add_argument("--min-time", type=float, metavar="S",
                    help="drop runs keeping less than S seconds after censoring (default: 240)")
+    g.add_argument("--min-total-time", type=float, metavar="S",
+                   help="fail when the used runs keep less than S seconds together (default: 300)")
     g.add_argument("--high-pass", type=float, metavar="HZ", help="band-pass lower edge (default: 0.01)")
     g.add_argument("--low-pass", type=float, metavar="HZ", help="band-pass upper edge (default: 0.1)")
     g.add_argument("--smoothing-fwhm", type=float, metavar="MM", help="Gaussian smoothing (default: 6)")
@@ -92,6 +94,14 @@ def build_parser():
     g.add_argument("--handle-angle", type=float, metavar="DEG",
                    help="coil handle angle from the midline, pointing posterior-lateral (default: 45)")
 
+    g = parser.add_argument_group("reliability")
+    g.add_argument("--bootstrap-samples", type=int, metavar="N",
+                   help="block-bootstrap samples of the target (default: 1000; 0 skips the bootstrap)")
+    g.add_argument("--bootstrap-block", type=float, metavar="S",
+                   help="length of the bootstrap's blocks of consecutive volumes (default: 30 s)")
+    g.add_argument("--random-seed", type=int, metavar="N",
+                   help="seed of the bootstrap's random draws (default: 0; same seed, same numbers)")
+
     g = parser.add_argument_group("resources")
     g.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
                    help="Nipype work dir; re-using it skips finished steps (default: $TMPDIR/tmstarget_work)")
@@ -102,9 +112,10 @@ def build_parser():
 
 
 # Command-line flags that map one to one onto Options fields.
-_OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "high_pass", "low_pass",
-                 "smoothing_fwhm", "seed_center", "seed_radius", "seed_name", "target_method",
-                 "cluster_percentile", "gm_threshold", "handle_angle")
+_OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "min_total_time",
+                 "high_pass", "low_pass", "smoothing_fwhm", "seed_center", "seed_radius", "seed_name",
+                 "target_method", "cluster_percentile", "gm_threshold", "handle_angle",
+                 "bootstrap_samples", "bootstrap_block", "random_seed")
 
 
 def resolve_options(args):
@@ -146,6 +157,8 @@ def resolve_options(args):
                              'keys "bold" and/or "t1w"')
     if not options.high_pass < options.low_pass:
         raise UsageError("--high-pass must be lower than --low-pass")
+    if options.bootstrap_samples < 0 or options.bootstrap_block <= 0:
+        raise UsageError("--bootstrap-samples must be 0 or more and --bootstrap-block positive")
     return options
 
 
@@ -275,13 +288,12 @@ def _run(args, options):
 def _report(inputs, output_dir, paths, seconds):
     import pandas as pd
 
-    from bids_app.derivatives import sidecar
+    from bids_app.derivatives import sidecar, targets_path
 
     for run in json.loads(sidecar(paths["z_map"]).read_text())["Runs"]:
         if not run["Used"]:
             LOGGER.warning("sub-%s: %s was dropped: %.0f s retained, less than --min-time",
                            inputs.subject, run["Source"], run["RetainedTime_s"])
-    from bids_app.derivatives import targets_path
 
     print(f"sub-{inputs.subject}: connectivity target, Fisher z and scalp point [{seconds:.0f} s]")
     for space in (inputs.space, inputs.other_space):
@@ -293,6 +305,12 @@ def _report(inputs, output_dir, paths, seconds):
                  f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
         print(f"  {space}: ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm, z {row.seed_correlation_z:.2f}"
               f"{scalp}\n    {targets_file}")
+    reliability = json.loads(sidecar(paths["targets"]).read_text()).get("Reliability", {})
+    if "Grade" in reliability:
+        print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})")
+        if reliability["Grade"] == "low":
+            LOGGER.warning("sub-%s: low target reliability: %s", inputs.subject,
+                           reliability["GradeReason"])
 
 
 if __name__ == "__main__":

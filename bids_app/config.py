@@ -45,6 +45,20 @@ REFERENCES = {
     "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold for "
     "transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
     "doi:10.1016/j.clinph.2007.04.004",
+    "Bellec2010": "Bellec P, Rosa-Neto P, Lyttelton OC, Benali H, Evans AC. Multi-level bootstrap "
+    "analysis of stable clusters in resting-state fMRI. Neuroimage. 2010;51(3):1126-1139. "
+    "doi:10.1016/j.neuroimage.2010.02.082",
+    "Lynch2020": "Lynch CJ, Power JD, Scult MA, Dubin M, Gunning FM, Liston C. Rapid precision "
+    "functional mapping of individuals using multi-echo fMRI. Cell Rep. 2020;33(12):108540. doi:10.1016/j.celrep.2020.108540",
+    "VanDijk2010": "Van Dijk KRA, Hedden T, Venkataraman A, Evans KC, Lazar SW, Buckner RL. Intrinsic "
+    "functional connectivity as a tool for human connectomics: theory, properties, and optimization. "
+    "J Neurophysiol. 2010;103(1):297-321. doi:10.1152/jn.00783.2009",
+    "Deng2013": "Deng ZD, Lisanby SH, Peterchev AV. Electric field depth-focality tradeoff in "
+    "transcranial magnetic stimulation: simulation comparison of 50 coil designs. Brain Stimul. "
+    "2013;6(1):1-13. doi:10.1016/j.brs.2012.02.005",
+    "Cole2020": "Cole EJ, Stimpson KH, Bentzley BS, et al. Stanford Accelerated Intelligent "
+    "Neuromodulation Therapy for treatment-resistant depression. Am J Psychiatry. "
+    "2020;177(8):716-726. doi:10.1176/appi.ajp.2019.19070720",
 }
 
 #: sgACC seed: 10 mm sphere (Fox et al. 2012; Cash et al. 2019, 2021).
@@ -106,7 +120,29 @@ TARGET_METHODS = {
     "cluster": "the most negative 10 % of search-region voxels, 26-connected clusters, the largest cluster, "
     "its |z|-weighted centroid snapped to the nearest grey-matter voxel of the search region "
     "(Cash et al. 2021; ConTarg)",
+    "snt": "Stanford Neuromodulation Therapy style (Cole et al. 2020): the same candidate voxels (most "
+    "negative 10 %) clustered hierarchically (complete linkage, clusters at most 20 mm wide), clusters "
+    "ranked by size, spatial concentration and net anticorrelation, the best cluster's |z|-weighted "
+    "centroid snapped to the nearest grey-matter voxel of the search region",
     "peak": "the most negative voxel of the search region",
+}
+
+#: Widest cluster of the ``snt`` method (mm): about the cortical focal spot of a figure-8 coil,
+#: which is of the order of a centimetre or two across (Deng et al. 2013).
+SNT_CLUSTER_DIAMETER_MM = 20.0
+
+#: Reliability grades, best first: the first whose two limits (mm) the target meets. The limits
+#: compare the target's uncertainty with the coil's focal spot, about 1 cm in radius (Deng et al.
+#: 2013): within half of it the uncertainty is negligible; beyond it the coil may miss the site.
+#: Split halves use half the data each, so they are allowed twice the bootstrap radius. None: no limit.
+RELIABILITY_GRADES = {
+    "high": {"Radius95_mm": 5.0, "SplitHalfDistance_mm": 10.0,
+             "Meaning": "the target is stable to well within the coil's focal spot"},
+    "moderate": {"Radius95_mm": 10.0, "SplitHalfDistance_mm": 20.0,
+                 "Meaning": "the target is stable to about the coil's focal spot; more data would help"},
+    "low": {"Radius95_mm": None, "SplitHalfDistance_mm": None,
+            "Meaning": "the target is uncertain by more than the coil's focal spot: acquire more (or "
+            "multi-echo) resting-state data before using it (Cash et al. 2021; Lynch et al. 2020)"},
 }
 
 
@@ -123,6 +159,7 @@ class Options:
     confounds: str = "gsr"
     fd_threshold: float | None = None  # mm; None = no censoring (Power et al. 2012 use 0.5 mm)
     min_time: float = 240.0  # s of retained data per run (XCP-D's --min-time default)
+    min_total_time: float = 300.0  # s over all runs: connectivity stabilizes from ~5 min (Van Dijk 2010)
     high_pass: float = 0.01  # Hz
     low_pass: float = 0.1  # Hz
     smoothing_fwhm: float = 6.0  # mm
@@ -136,6 +173,10 @@ class Options:
     target_method: str = "cluster"
     cluster_percentile: float = 10.0  # most negative % of search-region voxels
     gm_threshold: float = 0.5  # grey-matter probability
+    # reliability
+    bootstrap_samples: int = 1000  # 0 skips the bootstrap
+    bootstrap_block: float = 30.0  # s per circular block (Bellec et al. 2010)
+    random_seed: int = 0
     # coil
     handle_angle: float = 45.0  # degrees from the midline, handle pointing posterior-lateral
 
@@ -162,6 +203,7 @@ class Options:
                 "NonSteadyStateVolumesDropped": True,
                 "FramewiseDisplacementThreshold_mm": self.fd_threshold,
                 "MinimumRetainedTime_s": self.min_time,
+                "MinimumTotalRetainedTime_s": self.min_total_time,
                 "BandPass_Hz": [self.high_pass, self.low_pass],
                 "SmoothingFWHM_mm": self.smoothing_fwhm,
                 "References": [REFERENCES[k] for k in strategy["references"]],
@@ -186,7 +228,22 @@ class Options:
                 "Method": self.target_method,
                 "Description": TARGET_METHODS[self.target_method],
                 "ClusterPercentile": self.cluster_percentile if self.target_method == "cluster" else None,
-                "References": [REFERENCES["Cash2021"]],
+                "References": [REFERENCES["Cash2021"]]
+                + ([REFERENCES["Cole2020"]] if self.target_method == "snt" else []),
+            },
+            "ReliabilityMethod": {
+                "SplitHalf": "target and map from each half of the data (two groups of runs, or the "
+                "two halves in time of a single run): distance between the targets, correlation of "
+                "the maps in the search region",
+                "BlockBootstrap": {"Samples": self.bootstrap_samples,
+                                   "BlockLength_s": self.bootstrap_block,
+                                   "RandomSeed": self.random_seed,
+                                   "Description": "circular block bootstrap of the retained volumes "
+                                   "of each run; the 95th percentile of the bootstrap targets' "
+                                   "distances to the target"},
+                "Grades": RELIABILITY_GRADES,
+                "References": [REFERENCES[k] for k in ("Bellec2010", "Cash2021", "Lynch2020",
+                                                       "Deng2013", "VanDijk2010")],
             },
             "RunCombination": "mean of per-run Fisher-z maps weighted by retained volumes",
             "Coil": {

@@ -122,6 +122,7 @@ def participant_paths(output_dir, subject, space, task, seed_name):
         "z_map": root / "func" / f"{func}_desc-{seed_name}_stat-z_boldmap.nii.gz",
         "seed_mask": root / "func" / f"{func}_desc-{seed_name}_mask.nii.gz",
         "search_mask": root / "func" / f"{func}_desc-searchregion_mask.nii.gz",
+        "target_frequency": root / "func" / f"{func}_desc-targetfrequency_boldmap.nii.gz",
         "targets": targets_path(output_dir, subject, space),
         "config": root / "log" / "config.json",
     }
@@ -168,6 +169,30 @@ def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
     return [*files, tms / f"{prefix}_markers.json", tms / f"{prefix}_coordsystem.json"]
 
 
+def data_sufficiency(runs):
+    """How much data the target rests on: per run and in total, used runs only for the totals.
+
+    Parameters
+    ----------
+    runs : list of dict
+        Per run: ``Volumes``, ``RetainedVolumes``, ``RetainedTime_s``, ``DegreesOfFreedom``,
+        ``Used`` (the denoising summary of :class:`workflows.combine.CombineRuns`).
+    """
+    used = [r for r in runs if r["Used"]]
+    return {
+        "RunsUsed": len(used),
+        "RunsDropped": len(runs) - len(used),
+        "TotalRetainedVolumes": sum(r["RetainedVolumes"] for r in used),
+        "TotalRetainedTime_min": round(sum(r["RetainedTime_s"] for r in used) / 60, 2),
+        "TotalDegreesOfFreedom": round(sum(r["DegreesOfFreedom"] for r in used), 1),
+        "PerRun": [{"Source": r["Source"], "Volumes": r["Volumes"],
+                    "RetainedVolumes": r["RetainedVolumes"],
+                    "RetainedTime_min": round(r["RetainedTime_s"] / 60, 2),
+                    "DegreesOfFreedom": round(r["DegreesOfFreedom"], 1), "Used": r["Used"]}
+                   for r in runs],
+    }
+
+
 def write_nifti(path, source_file, dtype):
     """Write an image from the work dir as compressed NIfTI of ``dtype``."""
     img = nb.load(source_file)
@@ -196,6 +221,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     other_space = traits.Str(desc="the space the targets are also given in")
     other_targets_file = File(exists=True, desc="the targets in other_space")
     other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
+    reliability_file = File(exists=True, desc="JSON: split-half and bootstrap reliability")
+    frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -232,6 +259,16 @@ class ParticipantDerivatives(SimpleInterface):
             "Runs": runs_summary,
             **inputs.parameters,
         })
+        if inputs.frequency_file:
+            write_nifti(paths["target_frequency"], inputs.frequency_file, np.float32)
+            write_json(sidecar(paths["target_frequency"]), {
+                "Description": "Fraction of the block-bootstrap samples whose connectivity target "
+                "is this voxel: how the target would move with other data of this participant.",
+                "Units": "fraction of bootstrap samples",
+                "Space": inputs.space,
+                "Sources": used,
+                "ReliabilityMethod": inputs.parameters["ReliabilityMethod"],
+            })
         for key, source_file in (("seed_mask", inputs.seed_file), ("search_mask", inputs.search_file)):
             img = nb.load(source_file)
             mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
@@ -250,9 +287,11 @@ class ParticipantDerivatives(SimpleInterface):
             tables.append((inputs.other_space, inputs.other_targets_file,
                            targets_path(inputs.output_dir, inputs.subject, inputs.other_space),
                            {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}))
-        scalp_methods = {}
+        extras = {"DataSufficiency": data_sufficiency(runs_summary)}
+        if inputs.reliability_file:
+            extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
         if inputs.measurements_file:
-            scalp_methods = {"ScalpBasedTargets": json.loads(Path(inputs.measurements_file).read_text())}
+            extras["ScalpBasedTargets"] = json.loads(Path(inputs.measurements_file).read_text())
         exported = []
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")
@@ -272,9 +311,9 @@ class ParticipantDerivatives(SimpleInterface):
                 "Sources": used,
                 **provenance,
                 **inputs.parameters,
-                **scalp_methods,
+                **extras,
             })
         write_text(paths["config"], inputs.config + "\n")
-        self._results["out_files"] = ([str(p) for p in paths.values()] + [str(t[2]) for t in tables[1:]]
+        self._results["out_files"] = ([str(p) for p in paths.values() if p.is_file()] + [str(t[2]) for t in tables[1:]]
                                       + [str(p) for p in exported])
         return runtime

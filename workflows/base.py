@@ -4,6 +4,7 @@
 
     per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
+                          -> TargetReliability (split half, block bootstrap)
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                                    -> MapTargets (T1w <-> MNI)
                                                    -> derivatives
@@ -21,10 +22,15 @@ from workflows.landmarks import ScalpTargets
 from workflows.confounds import Denoise
 from workflows.correlation import SeedCorrelation
 from workflows.regions import Regions
+from workflows.reliability import TargetReliability
 from workflows.scalp import ScalpProjection
 from workflows.seed import SeedTimeseries
 from workflows.target import SelectTarget
 from workflows.transforms import MapTargets
+
+
+#: What each run's workflow hands to the participant level.
+RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file"]
 
 
 def init_run_wf(run, options, name):
@@ -39,7 +45,7 @@ def init_run_wf(run, options, name):
     Returns
     -------
     nipype Workflow: ``inputnode.seed_file`` takes the seed weights on the BOLD grid;
-    ``outputnode`` holds ``z_file``, ``mask_file`` and ``info_file``.
+    ``outputnode`` holds ``z_file``, ``mask_file``, ``info_file`` and ``cleaned_file``.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["seed_file"]), name="inputnode")
@@ -49,8 +55,7 @@ def init_run_wf(run, options, name):
         smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=4.0)
     seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
-    outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file"]),
-                         name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=RUN_OUTPUTS), name="outputnode")
     outputnode.inputs.mask_file = run.mask
     workflow.connect([
         (inputnode, seed, [("seed_file", "seed_file")]),
@@ -58,7 +63,7 @@ def init_run_wf(run, options, name):
         (denoise, correlate, [("cleaned_file", "cleaned_file")]),
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
         (correlate, outputnode, [("z_file", "z_file")]),
-        (denoise, outputnode, [("info_file", "info_file")]),
+        (denoise, outputnode, [("info_file", "info_file"), ("cleaned_file", "cleaned_file")]),
     ])
     return workflow
 
@@ -93,14 +98,15 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
 
     n_runs = len(inputs.runs)
     merge = {field: pe.Node(niu.Merge(n_runs), name=f"merge_{field}")
-             for field in ("z_file", "mask_file", "info_file")}
+             for field in RUN_OUTPUTS}
     for index, run in enumerate(inputs.runs, start=1):
         run_wf = init_run_wf(run, options, name=f"run_{index:02d}_wf")
         workflow.connect(regions, "seed_file", run_wf, "inputnode.seed_file")
         for field, node in merge.items():
             workflow.connect(run_wf, f"outputnode.{field}", node, f"in{index}")
 
-    combine = pe.Node(CombineRuns(min_time=options.min_time), name="combine_runs")
+    combine = pe.Node(CombineRuns(min_time=options.min_time, min_total_time=options.min_total_time),
+                      name="combine_runs")
     select = pe.Node(SelectTarget(method=options.target_method,
                                   percentile=options.cluster_percentile), name="select_target")
     sink = pe.Node(ParticipantDerivatives(
@@ -121,6 +127,20 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
         (combine, sink, [("z_file", "z_file"), ("runs_file", "runs_file")]),
         (regions, sink, [("seed_file", "seed_file"), ("search_file", "search_file")]),
     ])
+    reliability = pe.Node(TargetReliability(
+        method=options.target_method, percentile=options.cluster_percentile,
+        n_samples=options.bootstrap_samples, block_s=options.bootstrap_block,
+        random_seed=options.random_seed), name="target_reliability")
+    workflow.connect([
+        (merge["cleaned_file"], reliability, [("out", "cleaned_files")]),
+        (merge["mask_file"], reliability, [("out", "mask_files")]),
+        (combine, reliability, [("runs_file", "runs_file")]),
+        (regions, reliability, [("seed_file", "seed_file"), ("search_file", "search_file")]),
+        (select, reliability, [("targets_file", "targets_file")]),
+        (reliability, sink, [("reliability_file", "reliability_file")]),
+    ])
+    if options.bootstrap_samples:
+        workflow.connect(reliability, "frequency_file", sink, "frequency_file")
     # The final targets table of the computation space, whatever stages ran.
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
     if inputs.t1w:

@@ -32,8 +32,9 @@ def combine_runs(z_maps, coverage, weights):
         Fisher-z maps on one grid.
     coverage : ndarray of bool, shape (n_runs, ...)
         Where each run has data (its brain mask).
-    weights : ndarray of shape (n_runs,)
-        Non-negative weight of each run.
+    weights : ndarray of shape (n_runs,) or (n_runs, n_maps)
+        Non-negative weight of each run (or of each run in each of ``n_maps`` maps, when
+        ``z_maps`` is (n_runs, n_maps, ...) and ``coverage`` broadcasts against it).
 
     Returns
     -------
@@ -41,7 +42,8 @@ def combine_runs(z_maps, coverage, weights):
         0 where no run with a positive weight has data.
     covered : ndarray of bool, shape (...)
     """
-    w = np.asarray(weights, dtype=np.float64).reshape((-1,) + (1,) * (np.ndim(z_maps) - 1))
+    w = np.asarray(weights, dtype=np.float64)
+    w = w.reshape(w.shape + (1,) * (np.ndim(z_maps) - w.ndim))
     w = w * np.asarray(coverage, dtype=bool)
     total = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -59,6 +61,8 @@ class _CombineInputSpec(BaseInterfaceInputSpec):
     mask_files = InputMultiObject(File(exists=True), mandatory=True)
     info_files = InputMultiObject(File(exists=True), mandatory=True, desc="denoising summaries")
     min_time = traits.Float(0.0, usedefault=True, desc="minimum retained time per run (s)")
+    min_total_time = traits.Float(0.0, usedefault=True,
+                                  desc="minimum retained time of the used runs together (s)")
 
 
 class _CombineOutputSpec(TraitedSpec):
@@ -67,7 +71,7 @@ class _CombineOutputSpec(TraitedSpec):
 
 
 class CombineRuns(SimpleInterface):
-    """Drop runs with too little data and average the rest in Fisher-z space."""
+    """Drop runs with too little data, refuse a participant with too little, average the rest."""
 
     input_spec = _CombineInputSpec
     output_spec = _CombineOutputSpec
@@ -87,6 +91,12 @@ class CombineRuns(SimpleInterface):
             raise ValueError(f"too little data: every run keeps less than --min-time "
                              f"{self.inputs.min_time:.0f} s after censoring ({summary}); lower "
                              "--min-time or --fd-threshold only if you accept a less reliable target")
+        total = sum(i["RetainedTime_s"] for i, ok in zip(infos, used) if ok)
+        if total < self.inputs.min_total_time:
+            raise ValueError(f"too little data: {sum(used)} usable run(s) keep {total:.0f} s in total "
+                             f"after censoring, less than --min-total-time "
+                             f"{self.inputs.min_total_time:.0f} s; acquire more resting-state data, or "
+                             "lower --min-total-time only if you accept a less reliable target")
         reference = nb.load(self.inputs.z_files[0])
         z_maps = np.stack([np.asanyarray(nb.load(f).dataobj) for f in self.inputs.z_files])
         coverage = np.stack([np.asanyarray(nb.load(f).dataobj) > 0 for f in self.inputs.mask_files])

@@ -14,7 +14,10 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-from scipy import ndimage
+from scipy import ndimage, stats
+from scipy.cluster import hierarchy
+
+from bids_app.config import SNT_CLUSTER_DIAMETER_MM
 
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one cluster.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -31,12 +34,14 @@ def select_target(z_map, region, affine, method="cluster", percentile=10.0):
         Search region (already restricted to grey matter and brain).
     affine : ndarray (4, 4)
         Voxel-to-world affine (mm).
-    method : {"cluster", "peak"}
+    method : {"cluster", "snt", "peak"}
         ``cluster`` (Cash et al. 2021; ConTarg): the ``percentile`` % most negative region voxels,
         their largest 26-connected cluster, its |z|-weighted centroid snapped to the nearest region
-        voxel. ``peak``: the most negative region voxel.
+        voxel. ``snt``: the same candidate voxels clustered hierarchically and ranked as in
+        Stanford Neuromodulation Therapy (see :func:`_snt_cluster`), the best cluster's centroid
+        snapped likewise. ``peak``: the most negative region voxel.
     percentile : float
-        Share of region voxels (per cent) kept by ``cluster``.
+        Share of region voxels (per cent) kept as candidates by ``cluster`` and ``snt``.
 
     Returns
     -------
@@ -60,18 +65,15 @@ def select_target(z_map, region, affine, method="cluster", percentile=10.0):
         best = int(np.argmin(region_z))
         return {"ijk": region_ijk[best], "xyz": region_xyz[best], "z": float(region_z[best]),
                 "cluster_size": 1, "centroid": region_xyz[best]}
-    if method != "cluster":
+    if method not in ("cluster", "snt"):
         raise ValueError(f"unknown target selection method {method!r}")
 
     threshold = np.percentile(region_z, percentile)
     candidates = region & (z_map <= threshold)
-    labels, n_clusters = ndimage.label(candidates, structure=CONNECTIVITY_26)
-    index = np.arange(1, n_clusters + 1)
-    sizes = ndimage.sum_labels(candidates, labels, index)
-    strength = -ndimage.sum_labels(z_map, labels, index)
-    # Largest cluster; among equally large ones, the most anticorrelated.
-    best_label = index[np.lexsort((-strength, -sizes))[0]]
-    members = np.argwhere(labels == best_label)
+    if method == "cluster":
+        members = _largest_cluster(candidates, z_map)
+    else:
+        members = _snt_cluster(np.argwhere(candidates & (z_map < 0)), z_map, affine)
     member_xyz = nb.affines.apply_affine(affine, members)
     member_weight = np.abs(z_map[tuple(members.T)])
     centroid = (member_weight[:, None] * member_xyz).sum(axis=0) / member_weight.sum()
@@ -83,10 +85,50 @@ def select_target(z_map, region, affine, method="cluster", percentile=10.0):
             "centroid": centroid}
 
 
+def _largest_cluster(candidates, z_map):
+    """Voxel indices of the largest 26-connected cluster (ties: the most anticorrelated)."""
+    labels, n_clusters = ndimage.label(candidates, structure=CONNECTIVITY_26)
+    index = np.arange(1, n_clusters + 1)
+    sizes = ndimage.sum_labels(candidates, labels, index)
+    strength = -ndimage.sum_labels(z_map, labels, index)
+    best_label = index[np.lexsort((-strength, -sizes))[0]]
+    return np.argwhere(labels == best_label)
+
+
+def _snt_cluster(candidates_ijk, z_map, affine):
+    """Voxel indices of the best cluster of the SNT-style hierarchical clustering.
+
+    Stanford Neuromodulation Therapy (Cole et al. 2020, 2022) clusters the anticorrelated DLPFC
+    voxels hierarchically and ranks the clusters by size, spatial concentration and net
+    anticorrelation with the sgACC. The published description gives no constants: here the tree is
+    complete-linkage on world coordinates, cut so that no cluster is wider than
+    :data:`bids_app.config.SNT_CLUSTER_DIAMETER_MM` (about the focal spot of a figure-8 coil);
+    concentration is the mean distance of a cluster's voxels to its centroid, net anticorrelation
+    the sum of -z; the three ranks are summed and the lowest sum wins (ties: the most
+    anticorrelated).
+    """
+    if len(candidates_ijk) == 0:
+        raise ValueError("no search-region voxel is anticorrelated with the seed")
+    xyz = nb.affines.apply_affine(affine, candidates_ijk)
+    if len(xyz) == 1:
+        return candidates_ijk
+    labels = hierarchy.fcluster(hierarchy.linkage(xyz, method="complete"),
+                                t=SNT_CLUSTER_DIAMETER_MM, criterion="distance")
+    index = np.unique(labels)
+    z = z_map[tuple(candidates_ijk.T)]
+    size = np.array([np.sum(labels == k) for k in index])
+    net = np.array([-z[labels == k].sum() for k in index])
+    spread = np.array([np.linalg.norm(xyz[labels == k] - xyz[labels == k].mean(axis=0), axis=1).mean()
+                       for k in index])
+    rank_sum = stats.rankdata(-size) + stats.rankdata(spread) + stats.rankdata(-net)
+    best = index[np.lexsort((-net, rank_sum))[0]]
+    return candidates_ijk[labels == best]
+
+
 class _SelectInputSpec(BaseInterfaceInputSpec):
     z_file = File(exists=True, mandatory=True, desc="combined Fisher-z map")
     search_file = File(exists=True, mandatory=True, desc="search-region mask, same grid")
-    method = traits.Enum("cluster", "peak", usedefault=True)
+    method = traits.Enum("cluster", "snt", "peak", usedefault=True)
     percentile = traits.Float(10.0, usedefault=True)
 
 
