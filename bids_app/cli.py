@@ -150,6 +150,10 @@ def resolve_options(args):
         if not isinstance(options.bids_filters, dict) or not set(options.bids_filters) <= {"bold", "t1w"}:
             raise UsageError(f"--bids-filter-file {args.bids_filter_file}: expected a JSON object with "
                              'keys "bold" and/or "t1w"')
+        for kind, query in options.bids_filters.items():
+            if not isinstance(query, dict):
+                raise UsageError(f"--bids-filter-file {args.bids_filter_file}: the value of {kind!r} must "
+                                 'be a JSON object of entities, e.g. {"acquisition": "mb8"}')
     if not options.high_pass < options.low_pass:
         raise UsageError("--high-pass must be lower than --low-pass")
     _check_ranges(options)
@@ -325,6 +329,7 @@ def _one_line(err):
 def _run(args, options):
     from bids_app.collect import (
         InputError,
+        check_filters,
         check_participant,
         collect_participant,
         find_fmriprep_dir,
@@ -339,6 +344,10 @@ def _run(args, options):
         raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
                          "choose an output folder outside the input dataset")
     layout = load_layout(source_dir)
+    try:
+        check_filters(layout, options.bids_filters)
+    except InputError as err:
+        raise UsageError(str(err)) from None
     available = layout.get_subjects()
     subjects = options.participant_label or available
     missing = sorted(set(subjects) - set(available))

@@ -151,7 +151,7 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
     ParticipantInputs
     """
     filters = filters or {}
-    _check_filters(layout, filters)
+    check_filters(layout, filters)
     bold_query = dict(subject=subject, task=task, space=space, desc="preproc", suffix="bold",
                       datatype="func", extension=[".nii.gz", ".nii"])
     if sessions:
@@ -232,13 +232,13 @@ TR_TOLERANCE = 0.01
 GRID_TOLERANCE_MM = 0.01
 
 
-def _check_filters(layout, filters):
+def check_filters(layout, filters):
     """Refuse ``--bids-filter-file`` entities pybids does not know (a typo would silently match)."""
     known = set(layout.get_entities(metadata=False))
     for kind, query in filters.items():
         if not isinstance(query, dict):
             raise InputError(f"--bids-filter-file: the value of {kind!r} must be a JSON object of "
-                             "entities, e.g. {\"acquisition\": \"mb8\"}")
+                             'entities, e.g. {"acquisition": "mb8"}')
         unknown = sorted(set(query) - known)
         if unknown:
             raise InputError(f"--bids-filter-file: unknown BIDS entit{'y' if len(unknown) == 1 else 'ies'} "
@@ -356,7 +356,7 @@ def check_run(run, options):
                          "run or was cut; restore the one fMRIPrep wrote for this run")
     try:
         regressors, _, names = confound_regressors(run.bold, options.confounds, options.fd_threshold)
-    except ValueError as err:
+    except (ValueError, KeyError) as err:  # nilearn: ValueError listing them, or a KeyError
         missing = str(err).split("missing:", 1)[-1].split(". You may")[0].strip()
         raise InputError(f"confounds table {confounds_file} lacks what --confounds {options.confounds}"
                          f"{' with --fd-threshold' if options.fd_threshold is not None else ''} needs "

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nilearn import masking, signal
+from nilearn import signal
+from nilearn.image.image import smooth_array
 from nilearn.interfaces.fmriprep import load_confounds
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -106,7 +107,7 @@ def check_timeseries(timeseries, bold_file):
     lowest, highest = timeseries.min(axis=0), timeseries.max(axis=0)
     bad_voxels = int((~(np.isfinite(lowest) & np.isfinite(highest))).sum())
     if bad_voxels:
-        raise ValueError(f"{bold_file} has NaN or infinite values in {bad_voxels} brain voxel(s): "
+        raise ValueError(f"{bold_file} has NaN or infinite values ({bad_voxels} brain voxels affected): "
                          "the preprocessing failed; rerun fMRIPrep for this run or exclude it with "
                          "--bids-filter-file")
     if not (lowest.any() or highest.any()):
@@ -207,10 +208,17 @@ class Denoise(SimpleInterface):
         inputs = self.inputs
         fd = inputs.fd_threshold if isinstance(inputs.fd_threshold, float) else None
         confounds, sample_mask, names = confound_regressors(inputs.bold_file, inputs.strategy, fd)
+        # As nilearn's masking.apply_mask, but the masked data are checked before smoothing, which
+        # would silently zero NaN and inf (nilearn forces ensure_finite when smoothing).
+        bold = nb.load(inputs.bold_file)
         with reading(inputs.bold_file):
-            timeseries = masking.apply_mask(inputs.bold_file, inputs.mask_file, dtype="f",
-                                            smoothing_fwhm=inputs.smoothing_fwhm or None)
-        check_timeseries(timeseries, inputs.bold_file)
+            data = bold.get_fdata(dtype=np.float32)
+        mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
+        check_timeseries(data[mask].T, inputs.bold_file)
+        if inputs.smoothing_fwhm:
+            smooth_array(data, bold.affine, fwhm=inputs.smoothing_fwhm, ensure_finite=True, copy=False)
+        timeseries = data[mask].T
+        del data
         cleaned = denoise(timeseries, confounds, sample_mask, inputs.t_r,
                           inputs.high_pass, inputs.low_pass)
         out = Path(runtime.cwd)
