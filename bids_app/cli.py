@@ -14,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from bids_app import __version__
-from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options
+# Nothing is ever sent anywhere: Nipype's telemetry (a version check against rig.mit.edu, made at
+# import and when a node runs, also in MultiProc workers) is off before Nipype is imported.
+os.environ["NIPYPE_NO_ET"] = "1"
+
+from bids_app import __version__  # noqa: E402
+from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
 
 LOGGER = logging.getLogger("tmstarget")
 SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
