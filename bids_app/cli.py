@@ -14,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from bids_app import __version__
-from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options
+# Nothing is ever sent anywhere: Nipype's telemetry (a version check against rig.mit.edu, made at
+# import and when a node runs, also in MultiProc workers) is off before Nipype is imported.
+os.environ["NIPYPE_NO_ET"] = "1"
+
+from bids_app import __version__  # noqa: E402
+from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
 
 LOGGER = logging.getLogger("tmstarget")
 SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
@@ -23,6 +27,10 @@ SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
 
 class UsageError(Exception):
     """Wrong use of the command line (exit code 2)."""
+
+
+class OutputError(Exception):
+    """The outputs cannot be written (exit code 1)."""
 
 
 def _key_value(text):
@@ -123,6 +131,9 @@ def resolve_options(args):
     from bids_app.collect import clean_label
 
     if args.config_file:
+        if not args.config_file.is_file():
+            raise UsageError(f"--config-file {args.config_file} does not exist: give the config.json "
+                             "of an earlier run (sub-*/log/config.json)")
         try:
             options = Options.from_file(args.config_file)
         except (OSError, ValueError, TypeError) as err:
@@ -137,8 +148,7 @@ def resolve_options(args):
     for name in ("seed_image", "search_region_image"):
         value = getattr(args, name)
         if value is not None:
-            if not value.is_file():
-                raise UsageError(f"--{name.replace('_', '-')} {value} does not exist")
+            _check_region_image(f"--{name.replace('_', '-')}", value)
             setattr(options, name, str(value.resolve()))
     try:
         if args.participant_label:
@@ -155,11 +165,61 @@ def resolve_options(args):
         if not isinstance(options.bids_filters, dict) or not set(options.bids_filters) <= {"bold", "t1w"}:
             raise UsageError(f"--bids-filter-file {args.bids_filter_file}: expected a JSON object with "
                              'keys "bold" and/or "t1w"')
+        for kind, query in options.bids_filters.items():
+            if not isinstance(query, dict):
+                raise UsageError(f"--bids-filter-file {args.bids_filter_file}: the value of {kind!r} must "
+                                 'be a JSON object of entities, e.g. {"acquisition": "mb8"}')
     if not options.high_pass < options.low_pass:
         raise UsageError("--high-pass must be lower than --low-pass")
-    if options.bootstrap_samples < 0 or options.bootstrap_block <= 0:
-        raise UsageError("--bootstrap-samples must be 0 or more and --bootstrap-block positive")
+    _check_ranges(options)
+    if args.nprocs < 1 or args.omp_nthreads < 1:
+        raise UsageError("--nprocs and --omp-nthreads must be at least 1")
     return options
+
+
+def _check_ranges(options):
+    """Refuse option values outside their meaningful range (from the flags or a config file)."""
+    ranges = {  # option: (lowest, highest, lowest allowed itself)
+        "high_pass": (0.0, None, True), "low_pass": (0.0, None, False),
+        "smoothing_fwhm": (0.0, None, True), "min_time": (0.0, None, True),
+        "min_total_time": (0.0, None, True), "bootstrap_samples": (0, None, True),
+        "bootstrap_block": (0.0, None, False),
+        "fd_threshold": (0.0, None, False), "seed_radius": (0.0, None, False),
+        "cluster_percentile": (0.0, 100.0, False), "gm_threshold": (0.0, 1.0, True),
+        "handle_angle": (-180.0, 180.0, True),
+    }
+    for name, (lowest, highest, closed) in ranges.items():
+        value = getattr(options, name)
+        if value is None and name == "fd_threshold":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not isinstance(value, (int, float)) or value != value:
+            raise UsageError(f"{flag} {value!r} is not a number")
+        if value < lowest or (value == lowest and not closed) or (highest is not None and value > highest):
+            bound = f"at least {lowest:g}" if closed else f"more than {lowest:g}"
+            raise UsageError(f"{flag} {value:g} is out of range: give a value {bound}"
+                             + (f" and at most {highest:g}" if highest is not None else ""))
+    if not all(isinstance(v, (int, float)) for v in options.seed_center) or len(options.seed_center) != 3:
+        raise UsageError(f"--seed-center {options.seed_center!r}: give three numbers, MNI mm")
+    if options.confounds not in CONFOUND_STRATEGIES or options.target_method not in TARGET_METHODS:
+        raise UsageError(f"--confounds {options.confounds!r} or --target-method {options.target_method!r} "
+                         "is not a known choice (see --help)")
+
+
+def _check_region_image(flag, path):
+    """A seed or search-region image must be a readable 3-D NIfTI (its voxels are read later)."""
+    import nibabel as nb
+
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} does not exist")
+    try:
+        img = nb.load(path)
+        shape = img.shape
+    except Exception as err:  # noqa: BLE001  nibabel raises many types for a damaged file
+        raise UsageError(f"{flag} {path} cannot be read as NIfTI ({type(err).__name__}): give a "
+                         "NIfTI image in MNI152NLin2009cAsym") from None
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        raise UsageError(f"{flag} {path} has shape {shape}: give one 3-D image in MNI152NLin2009cAsym")
 
 
 def check_paths(args):
@@ -171,6 +231,34 @@ def check_paths(args):
     if output_dir == bids_dir or bids_dir in output_dir.parents:
         raise UsageError(f"output_dir {args.output_dir} is inside bids_dir {args.bids_dir}: choose an "
                          "output folder outside the input dataset")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"output_dir {args.output_dir} is a file: choose a folder")
+    if args.work_dir is not None:
+        work_dir = args.work_dir.resolve()
+        if work_dir == bids_dir or bids_dir in work_dir.parents:
+            raise UsageError(f"--work-dir {args.work_dir} is inside bids_dir {args.bids_dir}: the input "
+                             "dataset is never written to; choose a work folder outside it")
+
+
+def prepare_output_dir(output_dir):
+    """Create ``output_dir`` if needed and prove it writable; return whether it was created.
+
+    A probe file is created and removed (as root, permission bits say nothing; a read-only mount,
+    a full disk or a quota only show when writing).
+    """
+    import tempfile
+
+    output_dir = Path(output_dir)
+    created = not output_dir.exists()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".tmstarget-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"output_dir {output_dir} is not writable ({err.strerror}): choose a folder you "
+                          "can write to, or fix its permissions or mount") from None
+    return created
 
 
 def _configure_nipype(work_dir, verbose):
@@ -234,15 +322,36 @@ def main(argv=None):
         return _run(args, resolve_options(args))
     except UsageError as err:
         parser.error(str(err))  # exits with 2
+    except KeyboardInterrupt:
+        print("tmstarget: interrupted: finished steps are kept in the work dir; run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
     except Exception as err:  # one line for the user; the traceback with -vv
         if args.verbose >= 2:
             raise
-        print(f"tmstarget: error: {err}", file=sys.stderr)
+        print(f"tmstarget: error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 
+def _one_line(err):
+    """The message of an error on one line; unexpected errors also say how to see the traceback."""
+    from bids_app.collect import InputError
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (InputError, OutputError)):
+        return text
+    return f"{type(err).__name__}: {text} (run with -vv for the traceback)"
+
+
 def _run(args, options):
-    from bids_app.collect import InputError, collect_participant, find_fmriprep_dir, load_layout
+    from bids_app.collect import (
+        InputError,
+        check_filters,
+        check_participant,
+        collect_participant,
+        find_fmriprep_dir,
+        load_layout,
+    )
     from bids_app.derivatives import write_dataset_description
 
     derivatives = dict(args.derivatives or [])
@@ -252,6 +361,10 @@ def _run(args, options):
         raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
                          "choose an output folder outside the input dataset")
     layout = load_layout(source_dir)
+    try:
+        check_filters(layout, options.bids_filters)
+    except InputError as err:
+        raise UsageError(str(err)) from None
     available = layout.get_subjects()
     subjects = options.participant_label or available
     missing = sorted(set(subjects) - set(available))
@@ -265,23 +378,36 @@ def _run(args, options):
     work_dir.mkdir(parents=True, exist_ok=True)
     _configure_nipype(work_dir, args.verbose)
 
-    collected = [collect_participant(layout, subject, options.task_id, options.space,
+    collected = []
+    for subject in subjects:
+        inputs = collect_participant(layout, subject, options.task_id, options.space,
                                      options.session_label, options.bids_filters)
-                 for subject in subjects]
+        check_participant(inputs, options)
+        collected.append(inputs)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(output_dir, source_dir, collected[0].source_version)
-
-    for inputs in collected:
-        LOGGER.info("sub-%s: %d run(s) in %s%s", inputs.subject, len(inputs.runs), inputs.space,
-                    "" if inputs.t1w else " (no T1w: the scalp projection is skipped)")
-        start = time.time()
-        try:
-            paths = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
-        except RuntimeError as err:
-            message = _crash_message(work_dir / "crash", start) or str(err)
-            raise InputError(f"sub-{inputs.subject}: {message}") from None
-        _report(inputs, output_dir, paths, time.time() - start)
+    created = prepare_output_dir(output_dir)
+    done = 0
+    try:
+        for inputs in collected:
+            LOGGER.info("sub-%s: %d run(s) in %s", inputs.subject, len(inputs.runs), inputs.space)
+            if not inputs.t1w:
+                LOGGER.warning("sub-%s: no desc-preproc_T1w in %s: the target is computed, the scalp "
+                               "stage (scalp point, coil pose, scalp-based comparators) is skipped",
+                               inputs.subject, inputs.space)
+            start = time.time()
+            try:
+                paths = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
+            except RuntimeError as err:
+                message = _crash_message(work_dir / "crash", start) or str(err)
+                raise InputError(f"sub-{inputs.subject}: {message}") from None
+            # The dataset-level files once a participant is complete: a failed first run leaves
+            # the output folder as it was.
+            write_dataset_description(output_dir, source_dir, inputs.source_version)
+            done += 1
+            _report(inputs, output_dir, paths, time.time() - start)
+    finally:
+        if created and not done and not any(output_dir.iterdir()):
+            output_dir.rmdir()
     return 0
 
 

@@ -9,10 +9,14 @@ for its companions (mask, confounds), so companions always belong to their run.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nb
+import numpy as np
+import pandas as pd
 from bids import BIDSLayout
 from bids.layout import Query
 
@@ -147,6 +151,7 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
     ParticipantInputs
     """
     filters = filters or {}
+    check_filters(layout, filters)
     bold_query = dict(subject=subject, task=task, space=space, desc="preproc", suffix="bold",
                       datatype="func", extension=[".nii.gz", ".nii"])
     if sessions:
@@ -169,17 +174,14 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
         confounds = layout.get(**confounds_entities, desc="confounds",
                                suffix=["timeseries", "regressors"], extension=".tsv",
                                space=Query.NONE)
-        metadata = bold.get_metadata()
-        if "RepetitionTime" not in metadata:
-            raise InputError(f"{bold.path} has no RepetitionTime in its JSON sidecar: restore the "
-                             "sidecar fMRIPrep wrote")
+        t_r = _repetition_time(bold.path, bold.get_metadata())
         runs.append(Run(
             bold=bold.path,
             mask=_one(mask, f"brain mask for {bold.filename}",
                       "fMRIPrep writes desc-brain_mask beside every BOLD; restore it"),
             confounds=_one(confounds, f"confounds table for {bold.filename}",
                            "fMRIPrep writes desc-confounds_timeseries.tsv beside every run; restore it"),
-            t_r=float(metadata["RepetitionTime"]),
+            t_r=t_r,
             entities={k: entities[k] for k in ("session", "run", "acquisition", "reconstruction",
                                                "direction", "echo") if k in entities},
         ))
@@ -218,3 +220,189 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
         if to_t1w:
             inputs.other_space, inputs.to_other_xfm = "T1w", to_t1w[0].path
     return inputs
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks that need only headers, sidecars and tables: run before the graph, so that bad input is
+# refused before anything is computed or written.
+# ------------------------------------------------------------------------------------------------
+#: Relative difference between the sidecar's and the header's repetition time tolerated (rounding).
+TR_TOLERANCE = 0.01
+#: Voxel-centre distance (mm) under which two grids are the same grid (float32 header rounding).
+GRID_TOLERANCE_MM = 0.01
+
+
+def check_filters(layout, filters):
+    """Refuse ``--bids-filter-file`` entities pybids does not know (a typo would silently match)."""
+    known = set(layout.get_entities(metadata=False))
+    for kind, query in filters.items():
+        if not isinstance(query, dict):
+            raise InputError(f"--bids-filter-file: the value of {kind!r} must be a JSON object of "
+                             'entities, e.g. {"acquisition": "mb8"}')
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise InputError(f"--bids-filter-file: unknown BIDS entit{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{', '.join(unknown)} under {kind!r}: use pybids entity names such as "
+                             "acquisition, reconstruction, run, session, res")
+
+
+def _repetition_time(bold_file, metadata):
+    """The run's ``RepetitionTime`` (s) from its sidecar, refused when missing, not a positive
+    number, or contradicted by the NIfTI header (both are written by fMRIPrep and must agree)."""
+    if "RepetitionTime" not in metadata:
+        raise InputError(f"{bold_file} has no RepetitionTime in its JSON sidecar: restore the "
+                         "sidecar fMRIPrep wrote")
+    value = metadata["RepetitionTime"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise InputError(f"{bold_file}: RepetitionTime {value!r} in its JSON sidecar is not a positive "
+                         "number of seconds: restore the sidecar fMRIPrep wrote")
+    header = read_image(bold_file, "BOLD").header
+    units = header.get_xyzt_units()[1]
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(units)
+    header_tr = float(header["pixdim"][4]) * scale if scale else 0.0
+    # Only a header that states its time unit is evidence; 0 or "unknown" says nothing.
+    if header_tr > 0 and abs(header_tr - value) > TR_TOLERANCE * value:
+        raise InputError(f"{bold_file}: RepetitionTime {value:g} s in the JSON sidecar contradicts "
+                         f"{header_tr:g} s in the NIfTI header: find out which is right and correct "
+                         "the other (the sidecar is the one tmstarget uses)")
+    return float(value)
+
+
+def read_image(path, what):
+    """A NIfTI header (data not read), or an :class:`InputError` naming the file and the fix."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{what} {path} is a symbolic link to missing content (an un-fetched "
+                         "DataLad/git-annex file?): run `datalad get` on it or copy the real file")
+    try:
+        return nb.load(path)
+    except Exception as err:  # nibabel raises many types for a damaged file  # noqa: BLE001
+        raise InputError(f"{what} {path} cannot be read as NIfTI ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}): the file is "
+                         "truncated or corrupt; copy it again from the fMRIPrep outputs") from None
+
+
+def _grid_mismatch(img, reference):
+    """Why ``img`` is not on the voxel grid of ``reference`` (None when it is)."""
+    if img.shape[:3] != reference.shape[:3]:
+        return f"shape {img.shape[:3]} instead of {reference.shape[:3]}"
+    corners = np.array([[0, 0, 0], np.subtract(reference.shape[:3], 1)])
+    moved = np.abs(nb.affines.apply_affine(img.affine, corners)
+                   - nb.affines.apply_affine(reference.affine, corners)).max()
+    if moved > GRID_TOLERANCE_MM:
+        return f"an affine whose voxels lie up to {moved:.1f} mm away"
+    return None
+
+
+def _outside_field_of_view(img, points):
+    """Share of world ``points`` (mm) outside the field of view of ``img``."""
+    ijk = nb.affines.apply_affine(np.linalg.inv(img.affine), points)
+    inside = np.all((ijk > -0.5) & (ijk < np.asarray(img.shape[:3]) - 0.5), axis=1)
+    return 1.0 - inside.mean()
+
+
+def _data_3d(img, path, what, fix):
+    if len(img.shape) == 4 and img.shape[3] == 1 or len(img.shape) == 3:
+        return
+    raise InputError(f"{what} {path} has shape {img.shape}, not a 3-D image: {fix}")
+
+
+def check_run(run, options):
+    """Refuse a run whose headers, sidecar or confounds cannot give a trustworthy target.
+
+    Checks, each answered by an :class:`InputError` naming the file and the fix: the BOLD is a
+    readable 4-D image with at least 2 volumes; the band-pass fits below its Nyquist frequency; its
+    brain mask is readable, not empty and on the BOLD's grid; its confounds table is readable, has
+    one row per BOLD volume, holds every column the ``--confounds`` strategy (and
+    ``--fd-threshold``) needs, with finite values.
+
+    Parameters
+    ----------
+    run : Run
+    options : bids_app.config.Options
+    """
+    from workflows.confounds import confound_regressors
+
+    bold = read_image(run.bold, "BOLD")
+    if len(bold.shape) != 4 or bold.shape[3] < 2:
+        raise InputError(f"BOLD {run.bold} has shape {bold.shape}: a 4-D time series is needed; give "
+                         "fMRIPrep's desc-preproc_bold, not a reference volume")
+    n_volumes = bold.shape[3]
+    nyquist = 0.5 / run.t_r
+    if options.low_pass and options.low_pass >= nyquist:
+        raise InputError(f"--low-pass {options.low_pass:g} Hz is not below the Nyquist frequency "
+                         f"{nyquist:g} Hz of {run.bold} (TR {run.t_r:g} s): lower --low-pass")
+
+    mask = read_image(run.mask, "brain mask")
+    mismatch = _grid_mismatch(mask, bold)
+    if mismatch:
+        raise InputError(f"brain mask {run.mask} is not on the grid of its BOLD {run.bold} "
+                         f"({mismatch}): use the desc-brain_mask fMRIPrep wrote beside this run")
+    if not np.any(np.asanyarray(mask.dataobj)):
+        raise InputError(f"brain mask {run.mask} is empty: use the desc-brain_mask fMRIPrep wrote "
+                         "beside this run")
+
+    confounds_file = Path(run.confounds)
+    try:
+        table = pd.read_csv(confounds_file, sep="\t", na_values="n/a")
+    except (OSError, ValueError) as err:  # missing, unreadable, empty, not a TSV
+        raise InputError(f"confounds table {confounds_file} cannot be read ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}): restore the desc-confounds_timeseries.tsv "
+                         "fMRIPrep wrote") from None
+    if len(table) != n_volumes:
+        raise InputError(f"confounds table {confounds_file} has {len(table)} rows but its BOLD "
+                         f"{Path(run.bold).name} has {n_volumes} volumes: the table belongs to another "
+                         "run or was cut; restore the one fMRIPrep wrote for this run")
+    try:
+        regressors, _, names = confound_regressors(run.bold, options.confounds, options.fd_threshold)
+    except (ValueError, KeyError) as err:  # nilearn: ValueError listing them, or a KeyError
+        missing = str(err).split("missing:", 1)[-1].split(". You may")[0].strip()
+        raise InputError(f"confounds table {confounds_file} lacks what --confounds {options.confounds}"
+                         f"{' with --fd-threshold' if options.fd_threshold is not None else ''} needs "
+                         f"({missing}): choose another --confounds strategy or rerun fMRIPrep") from None
+    # nilearn fills the first row of derivative columns (n/a by definition); anything else that is
+    # not finite would poison the regression of every voxel.
+    checked = {}
+    if regressors is not None:
+        checked.update(zip(names, np.asarray(regressors, dtype=float).T))
+    if options.fd_threshold is not None and "framewise_displacement" in table:
+        checked["framewise_displacement"] = table["framewise_displacement"].to_numpy(float)[1:]
+    bad = [name for name, values in checked.items() if not np.all(np.isfinite(values))]
+    if bad:
+        raise InputError(f"confounds table {confounds_file} has NaN or infinite values in "
+                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: restore the table "
+                         "fMRIPrep wrote, or choose a --confounds strategy without these columns")
+
+
+def check_participant(inputs, options):
+    """Refuse, before anything is computed or written, inputs that cannot give a trustworthy target.
+
+    Every run is checked by :func:`check_run`; the runs must share one grid (the maps are averaged
+    voxel by voxel); the grey-matter map and the head T1w must be readable 3-D images covering the
+    brain of the BOLD (a T1w or GM map of another space or person would put the target elsewhere).
+    """
+    for run in inputs.runs:
+        check_run(run, options)
+    reference = read_image(inputs.runs[0].mask, "brain mask")
+    for run in inputs.runs[1:]:
+        mismatch = _grid_mismatch(read_image(run.mask, "brain mask"), reference)
+        if mismatch:
+            raise InputError(f"runs on different grids: {Path(run.bold).name} has {mismatch} of "
+                             f"{Path(inputs.runs[0].bold).name} (several --output-spaces resolutions?): "
+                             'select one with --bids-filter-file, e.g. {"bold": {"res": "2"}}')
+    brain = nb.affines.apply_affine(reference.affine, np.argwhere(np.asanyarray(reference.dataobj) > 0))
+    anatomy = [("grey-matter map", inputs.gm)]
+    if inputs.t1w:
+        anatomy.append(("head T1w", inputs.t1w))
+    for what, path in anatomy:
+        img = read_image(path, what)
+        _data_3d(img, path, what, "give fMRIPrep's 3-D anatomical output")
+        outside = _outside_field_of_view(img, brain)
+        if outside > 0.05:
+            raise InputError(f"{what} {path} does not cover the brain of {Path(inputs.runs[0].bold).name} "
+                             f"({outside:.0%} of its brain voxels lie outside the image): it is in "
+                             f"another space than {inputs.space} or of another participant; use the "
+                             f"one fMRIPrep wrote for sub-{inputs.subject} in {inputs.space}")
+    if inputs.native_t1w and inputs.native_t1w != inputs.t1w:
+        read_image(inputs.native_t1w, "head T1w")

@@ -7,11 +7,14 @@ array is handed to the next nodes as an uncompressed ``.npy`` file (memory-mappe
 from __future__ import annotations
 
 import json
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nilearn import masking, signal
+from nilearn import signal
+from nilearn.image.image import smooth_array
 from nilearn.interfaces.fmriprep import load_confounds
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -68,6 +71,51 @@ def confound_regressors(bold_file, strategy_name, fd_threshold=None):
         return None, np.asarray(sample_mask, dtype=int), []
     return (confounds.to_numpy(dtype=np.float64), np.asarray(sample_mask, dtype=int),
             list(confounds.columns))
+
+
+@contextmanager
+def reading(path):
+    """Turn a failure to read the data of ``path`` into a one-line error naming the file.
+
+    A ``.nii.gz`` cut short (an interrupted copy) has a valid header, so it passes the collection
+    checks and fails only here, when its data are decompressed.
+    """
+    try:
+        yield
+    except (EOFError, zlib.error, OSError) as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}): the file is truncated "
+                         "or corrupt; copy it again from the fMRIPrep outputs") from None
+
+
+def check_timeseries(timeseries, bold_file):
+    """Refuse BOLD data that would give a target without meaning.
+
+    Parameters
+    ----------
+    timeseries : ndarray of shape (n_volumes, n_voxels)
+        The masked BOLD, any units.
+    bold_file : str
+        Its file, named in the error.
+
+    Raises
+    ------
+    ValueError
+        When any value is NaN or infinite (a correlation with it is undefined), when every value
+        is zero, or when no brain voxel varies in time (a constant BOLD has no connectivity).
+    """
+    # Two reductions over time and no full-size temporary: NaN and inf propagate into min and max.
+    lowest, highest = timeseries.min(axis=0), timeseries.max(axis=0)
+    bad_voxels = int((~(np.isfinite(lowest) & np.isfinite(highest))).sum())
+    if bad_voxels:
+        raise ValueError(f"{bold_file} has NaN or infinite values ({bad_voxels} brain voxels affected): "
+                         "the preprocessing failed; rerun fMRIPrep for this run or exclude it with "
+                         "--bids-filter-file")
+    if not (lowest.any() or highest.any()):
+        raise ValueError(f"{bold_file} is all zeros inside its brain mask: the file is empty or "
+                         "was overwritten; copy it again from the fMRIPrep outputs")
+    if not (highest > lowest).any():
+        raise ValueError(f"{bold_file} does not vary in time in any brain voxel (a constant image): "
+                         "it holds no connectivity; check that it is the desc-preproc_bold time series")
 
 
 def denoise(timeseries, confounds, sample_mask, t_r, high_pass=0.01, low_pass=0.1):
@@ -160,8 +208,17 @@ class Denoise(SimpleInterface):
         inputs = self.inputs
         fd = inputs.fd_threshold if isinstance(inputs.fd_threshold, float) else None
         confounds, sample_mask, names = confound_regressors(inputs.bold_file, inputs.strategy, fd)
-        timeseries = masking.apply_mask(inputs.bold_file, inputs.mask_file, dtype="f",
-                                        smoothing_fwhm=inputs.smoothing_fwhm or None)
+        # As nilearn's masking.apply_mask, but the masked data are checked before smoothing, which
+        # would silently zero NaN and inf (nilearn forces ensure_finite when smoothing).
+        bold = nb.load(inputs.bold_file)
+        with reading(inputs.bold_file):
+            data = bold.get_fdata(dtype=np.float32)
+        mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
+        check_timeseries(data[mask].T, inputs.bold_file)
+        if inputs.smoothing_fwhm:
+            smooth_array(data, bold.affine, fwhm=inputs.smoothing_fwhm, ensure_finite=True, copy=False)
+        timeseries = data[mask].T
+        del data
         cleaned = denoise(timeseries, confounds, sample_mask, inputs.t_r,
                           inputs.high_pass, inputs.low_pass)
         out = Path(runtime.cwd)

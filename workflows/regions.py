@@ -160,6 +160,19 @@ class Regions(SimpleInterface):
         region = search_region(coords_mni, gm, inputs.sites, inputs.site_radius,
                                inputs.gm_threshold, search_img)
 
+        # Refused here, before any run is denoised, with the option that placed the region.
+        if not np.any(seed):
+            where = (f"--seed-image {inputs.seed_image}" if inputs.seed_image else
+                     f"--seed-center {' '.join(f'{c:g}' for c in inputs.seed_center)} "
+                     f"--seed-radius {inputs.seed_radius:g}")
+            raise ValueError(f"the seed ({where}) holds no brain voxel of {inputs.mask_files[0]}: "
+                             "give MNI152NLin2009cAsym coordinates or an image inside the brain")
+        if not region.any():
+            where = (f"--search-region-image {inputs.search_image}" if inputs.search_image
+                     else "the DLPFC spheres")
+            raise ValueError(f"the search region ({where}) holds no grey-matter voxel (probability >= "
+                             f"{inputs.gm_threshold:g}) of {inputs.mask_files[0]}: give an MNI152NLin2009cAsym "
+                             "mask over the cortex, or check --gm-threshold and the grey-matter map")
         out = Path(runtime.cwd)
         for name, values, dtype in (("seed", seed, np.float32), ("search", region, np.uint8)):
             volume = np.zeros(brain.shape, dtype=dtype)
