@@ -174,3 +174,32 @@ def test_too_little_data_in_total_fails_without_a_target(one_run_dataset, tmp_pa
     assert "too little data" in line and f"{retained_s:.0f} s in total" in line
     assert "--min-total-time" in line
     assert not list((tmp_path / "out").glob("sub-01/tms/*targets.tsv"))
+
+
+def test_a_short_run_is_dropped_with_a_warning_and_the_rest_used(three_run_dataset, tmp_path, caplog):
+    """One of four runs cut to 80 volumes (160 s, under --min-time 240 s): it is dropped, named in a
+    warning and in DataSufficiency, and the target comes from the other three."""
+    import shutil
+
+    import pandas as pd
+
+    root, truth = three_run_dataset
+    data = tmp_path / "fmriprep"
+    shutil.copytree(root, data)
+    bold = sorted(data.glob("sub-01/ses-1/func/*run-1*desc-preproc_bold.nii.gz"))[0]
+    img = nb.load(bold)
+    nb.Nifti1Image(np.asanyarray(img.dataobj)[..., :80], img.affine, img.header).to_filename(bold)
+    confounds = bold.with_name(bold.name.split("_space-")[0] + "_desc-confounds_timeseries.tsv")
+    table = pd.read_csv(confounds, sep="\t")
+    table.iloc[:80].to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+
+    with caplog.at_level("WARNING", logger="tmstarget"):
+        assert run_app(data, tmp_path / "out", "--bootstrap-samples", "50", work_dir=tmp_path / "work") == 0
+    assert any("dropped" in r.getMessage() and bold.name.split("_space-")[0] in r.getMessage()
+               for r in caplog.records)
+    sidecar = json.loads((tmp_path / "out" / "sub-01" / "tms" / f"sub-01_space-{MNI}_targets.json").read_text())
+    sufficiency = sidecar["DataSufficiency"]
+    assert (sufficiency["RunsUsed"], sufficiency["RunsDropped"]) == (3, 1)
+    dropped = [r for r in sufficiency["PerRun"] if not r["Used"]]
+    assert len(dropped) == 1 and dropped[0]["Volumes"] == 80 and bold.name in dropped[0]["Source"]
+    assert distance_mm(connectivity_row(tmp_path / "out", MNI), truth["target_mni"]) <= 4.0
