@@ -40,6 +40,12 @@ def _key_value(text):
     return name, path
 
 
+def _choices_help(intro, descriptions):
+    """Help text listing each choice with its description (``%`` escaped for argparse)."""
+    text = f"{intro}. " + "; ".join(f"{k}: {v}" for k, v in descriptions.items())
+    return text.replace("%", "%%")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tmstarget",
@@ -70,8 +76,8 @@ def build_parser():
 
     g = parser.add_argument_group("denoising")
     g.add_argument("--confounds", choices=sorted(CONFOUND_STRATEGIES),
-                   help="confound strategy (default: gsr). " + "; ".join(
-                       f"{k}: {v['description']}" for k, v in CONFOUND_STRATEGIES.items()))
+                   help=_choices_help("confound strategy (default: gsr)",
+                                      {k: v["description"] for k, v in CONFOUND_STRATEGIES.items()}))
     g.add_argument("--fd-threshold", type=float, metavar="MM",
                    help="censor volumes with framewise displacement above MM (default: no censoring; "
                    "0.5 is the usual choice, Power et al. 2012)")
@@ -93,10 +99,10 @@ def build_parser():
     g.add_argument("--search-region-image", type=Path, metavar="FILE",
                    help="search-region mask in MNI152NLin2009cAsym (default: the four DLPFC spheres)")
     g.add_argument("--target-method", choices=sorted(TARGET_METHODS),
-                   help="target selection (default: cluster). " + "; ".join(
-                       f"{k}: {v}" for k, v in TARGET_METHODS.items()))
+                   help=_choices_help("target selection (default: cluster)", TARGET_METHODS))
     g.add_argument("--cluster-percentile", type=float, metavar="PCT",
-                   help="most negative share of search-region voxels for 'cluster' (default: 10)")
+                   help="most negative share of search-region voxels for 'cluster' and 'snt' "
+                   "(default: 10)")
     g.add_argument("--gm-threshold", type=float, metavar="P",
                    help="grey-matter probability threshold (default: 0.5)")
     g.add_argument("--handle-angle", type=float, metavar="DEG",

@@ -17,6 +17,18 @@ def test_version(capsys):
     assert exc.value.code == 0 and __version__ in capsys.readouterr().out
 
 
+def test_help_lists_every_choice_with_its_description(capsys):
+    from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for choice in [*CONFOUND_STRATEGIES, *TARGET_METHODS]:
+        assert f"{choice}: " in text
+    assert "most negative 10 % of search-region voxels" in text  # '%' survives argparse
+
+
 def test_missing_bids_dir_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_app(tmp_path / "nope", tmp_path / "out")
