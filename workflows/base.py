@@ -6,7 +6,7 @@
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                                    -> MapTargets (T1w <-> MNI)
-                                                   -> derivatives
+                                                   -> derivatives -> ParticipantReport
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from nipype.pipeline import engine as pe
 
 from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from bids_app.derivatives import ParticipantDerivatives
+from bids_app.reports import ParticipantReport
 from workflows.combine import CombineRuns
 from workflows.landmarks import ScalpTargets
 from workflows.confounds import Denoise
@@ -39,7 +40,7 @@ def init_run_wf(run, options, name):
     Returns
     -------
     nipype Workflow: ``inputnode.seed_file`` takes the seed weights on the BOLD grid;
-    ``outputnode`` holds ``z_file``, ``mask_file`` and ``info_file``.
+    ``outputnode`` holds ``z_file``, ``mask_file``, ``info_file`` and ``carpet_file``.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["seed_file"]), name="inputnode")
@@ -49,7 +50,7 @@ def init_run_wf(run, options, name):
         smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=4.0)
     seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
-    outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file"]),
+    outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file", "carpet_file"]),
                          name="outputnode")
     outputnode.inputs.mask_file = run.mask
     workflow.connect([
@@ -58,12 +59,12 @@ def init_run_wf(run, options, name):
         (denoise, correlate, [("cleaned_file", "cleaned_file")]),
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
         (correlate, outputnode, [("z_file", "z_file")]),
-        (denoise, outputnode, [("info_file", "info_file")]),
+        (denoise, outputnode, [("info_file", "info_file"), ("carpet_file", "carpet_file")]),
     ])
     return workflow
 
 
-def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
+def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
     """Build the whole graph of one participant.
 
     Parameters
@@ -74,6 +75,9 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
         Derivatives root.
     source_dir : path
         The fMRIPrep derivatives folder (for provenance in the sidecars).
+    name : str, optional
+    report : bool
+        Append the :class:`bids_app.reports.ParticipantReport` node (``sub-<label>.html``).
     """
     workflow = pe.Workflow(name=name or f"sub_{inputs.subject}_wf")
 
@@ -93,7 +97,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
 
     n_runs = len(inputs.runs)
     merge = {field: pe.Node(niu.Merge(n_runs), name=f"merge_{field}")
-             for field in ("z_file", "mask_file", "info_file")}
+             for field in ("z_file", "mask_file", "info_file", "carpet_file")}
     for index, run in enumerate(inputs.runs, start=1):
         run_wf = init_run_wf(run, options, name=f"run_{index:02d}_wf")
         workflow.connect(regions, "seed_file", run_wf, "inputnode.seed_file")
@@ -121,6 +125,20 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
         (combine, sink, [("z_file", "z_file"), ("runs_file", "runs_file")]),
         (regions, sink, [("seed_file", "seed_file"), ("search_file", "search_file")]),
     ])
+    if report:
+        report_node = pe.Node(ParticipantReport(
+            output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
+            seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
+            **{key: value for key, value in (("t1w", inputs.t1w), ("other_space", inputs.other_space),
+                                             ("source_version", inputs.source_version)) if value}),
+            name="report", run_without_submitting=True)
+        # Like the sink: the report is written every time, after the derivatives it shows.
+        report_node.overwrite = True
+        workflow.connect([
+            (sink, report_node, [("out_files", "derivatives")]),
+            (merge["info_file"], report_node, [("out", "info_files")]),
+            (merge["carpet_file"], report_node, [("out", "carpet_files")]),
+        ])
     # The final targets table of the computation space, whatever stages ran.
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
     if inputs.t1w:
@@ -136,6 +154,8 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
             (comparators, targets, [("out_file", "targets_file")]),
             (comparators, sink, [("measurements_file", "measurements_file")]),
         ])
+        if report:
+            workflow.connect(scalp, "mesh_file", report_node, "mesh_file")
     else:
         workflow.connect(select, "targets_file", targets, "targets_file")
     workflow.connect(targets, "targets_file", sink, "targets_file")
