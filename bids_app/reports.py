@@ -71,8 +71,12 @@ def software_versions():
 
 
 def _save(fig, path):
-    """Write a matplotlib figure atomically (the format follows the extension) and close it."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight"))
+    """Write a matplotlib figure atomically (the format follows the extension) and close it.
+
+    Figures are laid out when created (``layout="constrained"``): ``bbox_inches="tight"`` would draw
+    them twice, which doubles the cost of the 3-D head.
+    """
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
     plt.close(fig)
     return Path(path)
 
@@ -104,7 +108,7 @@ def plot_motion(confounds_files, carpets, infos, fd_threshold, path):
         Output SVG.
     """
     n_runs = len(confounds_files)
-    fig = Figure(figsize=(WIDTH_IN, 1.0 + 1.6 * n_runs))
+    fig = Figure(figsize=(WIDTH_IN, 1.0 + 1.6 * n_runs), layout="constrained")
     axes = fig.subplots(n_runs, 1, squeeze=False)[:, 0]
     for ax, confounds, carpet, info, in zip(axes, confounds_files, carpets, infos):
         table = pd.read_csv(confounds, sep="\t", na_values="n/a")
@@ -126,7 +130,6 @@ def plot_motion(confounds_files, carpets, infos, fd_threshold, path):
                      fontsize=9, loc="left")
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     axes[-1].set_xlabel("time (s)")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -149,7 +152,7 @@ def plot_carpet(carpet, info, path):
     n_volumes = raw.shape[0]
     after = np.full((n_volumes, cleaned.shape[1]), np.nan)
     after[retained] = _standardize(cleaned)
-    fig = Figure(figsize=(WIDTH_IN, 4.2))
+    fig = Figure(figsize=(WIDTH_IN, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     extent = (0, n_volumes * t_r, raw.shape[1], 0)
     for ax, data, title in ((axes[0], _standardize(raw), "before denoising"),
@@ -462,12 +465,13 @@ nav a{margin-right:1.1em;color:#1f4e99;text-decoration:none}
 h1{margin-top:.6em}h2{border-bottom:2px solid #1f4e99;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.2em .55em;text-align:right}th{background:#f0f3f8}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child{text-align:left}td{white-space:nowrap}
+.tablewrap{overflow-x:auto}
 img{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .8em;margin:.3em 0}
 .ok{background:#eef8ee;border-left:4px solid #2ca02c;padding:.4em .8em}
 .boilerplate{background:#f7f7f7;padding:.6em 1em;border:1px solid #ddd}
-.kv td{text-align:left;vertical-align:top}
+.kv td{text-align:left;vertical-align:top;white-space:normal}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.35em}
 """
 
@@ -535,29 +539,39 @@ REPORT_COLUMNS = ("x", "y", "z", "seed_correlation_z", "scalp_x", "scalp_y", "sc
                   "scalp_distance_mm", "distance_to_connectivity_mm", "depth_adjustment_pct_mso")
 
 
-def targets_html(table, space):
-    """The targets table of one space; each row carries its coordinates as ``data-*`` attributes."""
+def targets_html(table, space, participant_column=None):
+    """The targets table of one space; each row carries its coordinates as ``data-*`` attributes.
+
+    With ``participant_column`` (the group page) the first column names each row's participant.
+    """
     columns = [c for c in REPORT_COLUMNS if c in table.columns]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["name", *columns])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*(["participant"] if participant_column else []), "name", *columns])
     rows = []
     for _, row in table.iterrows():
         name = str(row["name"])
         swatch = f"<span class='swatch' style='background:{TARGET_COLOURS.get(name, '#000')}'></span>"
         cells = "".join(f"<td>{_value(row[c], 2 if c == 'seed_correlation_z' else 1)}</td>" for c in columns)
+        participant = str(row[participant_column]) if participant_column else ""
+        who = f"<td>{html.escape(participant)}</td>" if participant_column else ""
         rows.append(f"<tr class='target' data-target='{html.escape(name)}' data-space='{html.escape(space)}' "
-                    f"data-x='{row.x}' data-y='{row.y}' data-z='{row.z}'><td>{swatch}{html.escape(name)}</td>"
-                    f"{cells}</tr>")
-    return (f"<h3>{html.escape(space)}</h3><table class='targets'><tr>{head}</tr>{''.join(rows)}</table>")
+                    f"data-x='{row.x}' data-y='{row.y}' data-z='{row.z}' data-participant='{html.escape(participant)}'>"
+                    f"{who}<td>{swatch}{html.escape(name)}</td>{cells}</tr>")
+    return f"<div class='tablewrap'><table class='targets'><tr>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def parse_report_targets(text):
-    """The targets listed in a report's HTML: ``{(space, name): (x, y, z)}`` (mm)."""
-    found = {}
-    for match in re.finditer(r"<tr class='target' data-target='([^']*)' data-space='([^']*)' "
-                             r"data-x='([^']*)' data-y='([^']*)' data-z='([^']*)'", text):
-        name, space, *xyz = match.groups()
-        found[(html.unescape(space), html.unescape(name))] = tuple(float(v) for v in xyz)
-    return found
+    """The targets listed in a report's HTML (participant or group page).
+
+    Returns
+    -------
+    list of dict
+        ``target``, ``space``, ``participant`` (empty on a participant page) and ``xyz`` (mm).
+    """
+    pattern = (r"<tr class='target' data-target='([^']*)' data-space='([^']*)' data-x='([^']*)' "
+               r"data-y='([^']*)' data-z='([^']*)' data-participant='([^']*)'>")
+    return [{"target": html.unescape(name), "space": html.unescape(space), "participant": html.unescape(who),
+             "xyz": tuple(float(v) for v in xyz)}
+            for name, space, *xyz, who in re.findall(pattern, text)]
 
 
 def _warnings(runs, options, targets, has_mesh, has_t1w):
@@ -690,10 +704,10 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
                          f"{rows}</table>"))
 
     # -- targets
-    tables = [targets_html(targets, space)]
+    tables = [f"<h3>{html.escape(space)}</h3>" + targets_html(targets, space)]
     if other_space and targets_path(output_dir, subject, other_space).is_file():
-        tables.append(targets_html(pd.read_csv(targets_path(output_dir, subject, other_space), sep="\t",
-                                               na_values="n/a"), other_space))
+        tables.append(f"<h3>{html.escape(other_space)}</h3>" + targets_html(pd.read_csv(
+            targets_path(output_dir, subject, other_space), sep="\t", na_values="n/a"), other_space))
     sections.append(("targets", "Targets", "<p>World coordinates (mm, RAS) of each space; distances in mm; "
                      "Fisher z of the seed connectivity.</p>" + "".join(tables)))
 
