@@ -197,8 +197,9 @@ def _crash_message(crash_dir, since):
 class NodeProgress:
     """Nipype ``status_callback``: one line per finished step, so a long run says what it does.
 
-    Steps that compute or write something are logged at INFO (``sub-01  run-01 denoise  12.3 s``);
-    the plumbing nodes (identity, merge) only with ``-v``, so the console is not flooded.
+    Steps that compute or write something are logged at INFO (``sub-01  run-01 denoise  12.3 s``,
+    ``reused`` when the result came from the work dir); the plumbing nodes (identity, merge) only
+    with ``-v``, so the console is not flooded.
     """
 
     PLUMBING = ("IdentityInterface", "Merge")
@@ -212,14 +213,18 @@ class NodeProgress:
         if status == "start":
             self.started[key] = time.time()
             return
-        seconds = time.time() - self.started.pop(key, time.time())
+        started = self.started.pop(key, time.time())
+        seconds = time.time() - started
+        # A node run now writes its result file; a node reused from the work dir does not.
+        result_file = Path(node.output_dir()) / f"result_{node.name}.pklz"
+        reused = result_file.is_file() and result_file.stat().st_mtime < started
         run = re.search(r"run_(\d+)_wf", key)
         label = f"sub-{self.subject}  {'run-' + run.group(1) + ' ' if run else ''}{node.name.replace('_', ' ')}"
         if status == "exception":
             LOGGER.error("%s failed after %.1f s", label, seconds)
         else:
             level = logging.DEBUG if type(node.interface).__name__ in self.PLUMBING else logging.INFO
-            LOGGER.log(level, "%-36s %6.1f s", label, seconds)
+            LOGGER.log(level, "%-36s %6.1f s%s", label, seconds, " (reused)" if reused else "")
 
 
 def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
