@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +252,11 @@ def run_group(output_dir, participant_label=None):
         "OtherColumns": "As in the participants' sub-<label>_space-<space>_targets.json.",
     })
     summary_file = write_json(group_dir / "group_summary.json", summary)
-    figures = {space: plot_group_glass(table, space, group_dir / "figures" /
-                                       f"group_space-{space}_desc-targets_glassbrain.png")
-               for space in sorted(table["space"].unique()) if space in MNI_SPACES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nilearn's drawing defaults, not about the data
+        figures = {space: plot_group_glass(table, space, group_dir / "figures" /
+                                           f"group_space-{space}_desc-targets_glassbrain.png")
+                   for space in sorted(table["space"].unique()) if space in MNI_SPACES}
     report = write_text(output_dir / "group.html", group_html(table, summary, figures, output_dir))
     return {"targets": targets_file, "summary": summary_file, "report": report, "figures": figures,
             "n_participants": len(summary["Participants"])}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -776,11 +777,16 @@ class ParticipantReport(SimpleInterface):
         def optional(value):
             return value if isdefined(value) and value else None
 
-        written = write_participant_report(
-            inputs.output_dir, inputs.subject, inputs.space, inputs.task, inputs.seed_name,
-            inputs.info_files, inputs.carpet_files, inputs.confounds_files, t1w=optional(inputs.t1w),
-            mesh_file=optional(inputs.mesh_file), other_space=optional(inputs.other_space),
-            source_version=optional(inputs.source_version))
+        with warnings.catch_warnings():
+            # nilearn and matplotlib warn about masked values and defaults while drawing: noise in
+            # a user's console, not about the data.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            written = write_participant_report(
+                inputs.output_dir, inputs.subject, inputs.space, inputs.task, inputs.seed_name,
+                inputs.info_files, inputs.carpet_files, inputs.confounds_files, t1w=optional(inputs.t1w),
+                mesh_file=optional(inputs.mesh_file), other_space=optional(inputs.other_space),
+                source_version=optional(inputs.source_version))
         self._results["out_report"] = str(written[0])
         self._results["out_files"] = [str(p) for p in written]
         return runtime

@@ -121,7 +121,8 @@ def test_pybids_indexes_the_outputs(mni_run):
     targets = layout.get(subject="01", suffix="targets", extension=".tsv")
     assert sorted(t.entities["space"] for t in targets) == sorted([SPACE, "T1w"])
     # what the BIDS specification does not cover yet is listed for the validator
-    assert (out / ".bidsignore").read_text().split() == ["sub-*/log", "sub-*/tms", "*_boldmap.*"]
+    assert (out / ".bidsignore").read_text().split() == ["sub-*/log", "sub-*/tms", "*_boldmap.*",
+                                                            "*.html", "sub-*/figures", "group"]
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "tmstarget"
