@@ -691,7 +691,9 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         rel(slices), "orthogonal slices through the target",
         f"Fisher z of the {seed_name} seed connectivity; the cross and the green dot mark the connectivity "
         "target.") + _figure(rel(glass), "glass brain", "Glass brain; dots: " + ", ".join(
-            f"{n} ({c})" for n, c in TARGET_COLOURS.items() if n in set(targets["name"])) + ".")))
+            f"{n} ({c})" for n, c in TARGET_COLOURS.items() if n in set(targets["name"])) + "."
+            + ("" if space.startswith("MNI") else f" The outline is the MNI brain's; the map and the points are "
+               f"in the participant's {space} space, so they match it only roughly."))))
 
     # -- the head
     if mesh_file:

@@ -117,6 +117,25 @@ def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them
     assert "The reliability of the target was graded 'B'" in (copy / "sub-01" / "log" / "CITATION.md").read_text()
 
 
+def test_report_without_head_t1w(mni_run, tmp_path):
+    """Without a head T1w there is no scalp stage: the report says so and draws no head."""
+    from bids_app.reports import write_participant_report
+
+    out, work, _ = mni_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "sub-01" / "figures")
+    denoise = Path(work) / "sub_01_wf" / "run_01_wf" / "denoise"
+    bold = json.loads((denoise / "denoise.json").read_text())["BoldFile"]
+    written = write_participant_report(copy, "01", SPACE, "rest", "sgACC", [denoise / "denoise.json"],
+                                       [denoise / "carpet.npz"],
+                                       [bold.split("_space-")[0] + "_desc-confounds_timeseries.tsv"])
+    page = written[0].read_text()
+    assert "No head T1w was found" in page
+    assert not list((copy / "sub-01" / "figures").glob("*head*")) and "id='head'" not in page
+    assert all((copy / src).is_file() for src in re.findall(r"<img src='([^']+)'", page))
+
+
 def test_methods_paragraph_follows_the_parameters_used(mni_run):
     out, _, _ = mni_run
     citation = (out / "sub-01" / "log" / "CITATION.md").read_text()
