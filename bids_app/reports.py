@@ -630,7 +630,6 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     paths = participant_paths(output_dir, subject, space, task, seed_name)
     figures = output_dir / f"sub-{subject}" / "figures"
     prefix = f"sub-{subject}_task-{task}_space-{space}"
-    rel = lambda path: Path(path).relative_to(output_dir).as_posix()  # noqa: E731
     z_sidecar = json.loads(sidecar(paths["z_map"]).read_text())
     targets = pd.read_csv(paths["targets"], sep="\t", na_values="n/a")
     targets_sidecar = json.loads(sidecar(paths["targets"]).read_text())
@@ -644,6 +643,11 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     versions = software_versions()
     written = []
     sections = []
+
+    def rel(path):
+        """The path of a file relative to the report, for a link; records it as written."""
+        written.append(Path(path))
+        return Path(path).relative_to(output_dir).as_posix()
 
     # -- summary
     runs = z_sidecar.get("Runs", [])
@@ -681,9 +685,8 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
 
     # -- regions, connectivity
     if t1w:
-        written.append(plot_regions(t1w, paths["seed_mask"], paths["search_mask"],
-                                    figures / f"{prefix}_desc-regions_plot.png"))
-        sections.append(("regions", "Seed and search region", _figure(rel(written[-1]), "seed and search region")))
+        regions = plot_regions(t1w, paths["seed_mask"], paths["search_mask"], figures / f"{prefix}_desc-regions_plot.png")
+        sections.append(("regions", "Seed and search region", _figure(rel(regions), "seed and search region")))
     slices = plot_target_slices(paths["z_map"], t1w, target_xyz, figures / f"{prefix}_desc-target_plot.png",
                                 f"connectivity target ({target_xyz[0]:.1f}, {target_xyz[1]:.1f}, {target_xyz[2]:.1f}) mm")
     glass = plot_target_glass(paths["z_map"], targets, figures / f"{prefix}_desc-glassbrain_plot.png")
@@ -727,7 +730,6 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         if frequency_map.is_file() and t1w:
             freq = plot_frequency(frequency_map, t1w, target_xyz, figures / f"{prefix}_desc-targetfrequency_plot.png")
             body += _figure(rel(freq), "target frequency map")
-            written.append(freq)
         sections.append(("reliability", "Reliability", body))
 
     # -- methods
@@ -741,7 +743,10 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{content}</section>" for anchor, title, content in sections)
     report = write_text(output_dir / f"sub-{subject}.html",
                         _page(f"sub-{subject}: tmstarget", [(a, t) for a, t, _ in sections], body))
-    figures_written = sorted(figures.glob(f"{prefix}_*"))
+    figures_written = [path for path in dict.fromkeys(written) if path.parent == figures]
+    # Figures of an earlier run that this one did not draw (e.g. a run since excluded) would mislead.
+    for stale in set(figures.glob(f"{prefix}_*")) - set(figures_written):
+        stale.unlink()
     return [report, citation, *figures_written]
 
 
