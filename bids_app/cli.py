@@ -1,4 +1,4 @@
-"""Command line: ``tmstarget bids_dir output_dir participant [options]`` (the BIDS Apps contract).
+"""Command line: ``tmstarget bids_dir output_dir participant|group [options]`` (the BIDS Apps contract).
 
 The CLI checks the request, collects inputs, runs the Nipype graph and reports; it does no science.
 Exit codes: 0 success, 1 failure (bad data, processing error), 2 wrong use.
@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,8 +55,9 @@ def build_parser():
     parser.add_argument("bids_dir", type=Path,
                         help="fMRIPrep derivatives folder, or a raw BIDS dataset (see --derivatives)")
     parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
-    parser.add_argument("analysis_level", choices=["participant"],
-                        help="'participant' processes each participant")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="'participant' processes each participant; 'group' gathers the participants' "
+                        "outputs already in output_dir into group tables and group.html")
     parser.add_argument("--version", action="version", version=f"tmstarget {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more messages (-vv: Nipype's too, and tracebacks)")
@@ -122,6 +124,10 @@ def build_parser():
     g.add_argument("--nprocs", "--n-cpus", type=int, default=1, metavar="N", help="parallel processes")
     g.add_argument("--omp-nthreads", type=int, default=1, metavar="N", help="threads per process")
     g.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for the scheduler")
+
+    g = parser.add_argument_group("outputs")
+    g.add_argument("--no-report", action="store_true",
+                   help="do not write the HTML report (sub-<label>.html and sub-<label>/figures)")
     return parser
 
 
@@ -295,20 +301,55 @@ def _crash_message(crash_dir, since):
     return message.split(": ", 1)[1] if ": " in message else message
 
 
+class NodeProgress:
+    """Nipype ``status_callback``: one line per finished step, so a long run says what it does.
+
+    Steps that compute or write something are logged at INFO (``sub-01  run-01 denoise  12.3 s``,
+    ``reused`` when the result came from the work dir); the plumbing nodes (identity, merge) only
+    with ``-v``, so the console is not flooded.
+    """
+
+    PLUMBING = ("IdentityInterface", "Merge")
+
+    def __init__(self, subject):
+        self.subject = subject
+        self.started = {}
+
+    def __call__(self, node, status):
+        key = node.fullname
+        if status == "start":
+            self.started[key] = time.time()
+            return
+        started = self.started.pop(key, time.time())
+        seconds = time.time() - started
+        # A node run now writes its result file; a node reused from the work dir does not.
+        result_file = Path(node.output_dir()) / f"result_{node.name}.pklz"
+        reused = result_file.is_file() and result_file.stat().st_mtime < started
+        run = re.search(r"run_(\d+)_wf", key)
+        label = f"sub-{self.subject}  {'run-' + run.group(1) + ' ' if run else ''}{node.name.replace('_', ' ')}"
+        if status == "exception":
+            LOGGER.error("%s failed after %.1f s", label, seconds)
+        else:
+            level = logging.DEBUG if type(node.interface).__name__ in self.PLUMBING else logging.INFO
+            LOGGER.log(level, "%-36s %6.1f s%s", label, seconds, " (reused)" if reused else "")
+
+
 def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
     """Build and run one participant's graph; return the paths of its outputs."""
     from bids_app.derivatives import participant_paths
     from workflows.base import init_participant_wf
 
-    workflow = init_participant_wf(inputs, options, output_dir, source_dir)
+    workflow = init_participant_wf(inputs, options, output_dir, source_dir,
+                                   report=not getattr(args, "no_report", False))
     workflow.base_dir = str(work_dir)
+    plugin_args = {"status_callback": NodeProgress(inputs.subject)}
     if args.nprocs > 1:
-        plugin_args = {"n_procs": args.nprocs, "raise_insufficient": False}
+        plugin_args.update(n_procs=args.nprocs, raise_insufficient=False)
         if args.mem_gb:
             plugin_args["memory_gb"] = args.mem_gb
         workflow.run(plugin="MultiProc", plugin_args=plugin_args)
     else:
-        workflow.run(plugin="Linear")
+        workflow.run(plugin="Linear", plugin_args=plugin_args)
     return participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
                              options.seed_name)
 
@@ -360,6 +401,12 @@ def _run(args, options):
     )
     from bids_app.derivatives import write_dataset_description
 
+    if args.analysis_level == "group":
+        from bids_app.group import run_group
+
+        paths = run_group(args.output_dir, options.participant_label)
+        print(f"group: {paths['n_participants']} participant(s)\n  {paths['report']}\n  {paths['targets']}")
+        return 0
     derivatives = dict(args.derivatives or [])
     source_dir = find_fmriprep_dir(args.bids_dir, derivatives).resolve()
     output = Path(args.output_dir).resolve()
@@ -394,8 +441,9 @@ def _run(args, options):
     created = prepare_output_dir(output_dir)
     done = 0
     try:
-        for inputs in collected:
-            LOGGER.info("sub-%s: %d run(s) in %s", inputs.subject, len(inputs.runs), inputs.space)
+        for number, inputs in enumerate(collected, start=1):
+            LOGGER.info("sub-%s [%d/%d]: %d run(s) in %s", inputs.subject, number, len(collected),
+                        len(inputs.runs), inputs.space)
             if not inputs.t1w:
                 LOGGER.warning("sub-%s: no desc-preproc_T1w in %s: the target is computed, the scalp "
                                "stage (scalp point, coil pose, scalp-based comparators) is skipped",
@@ -443,6 +491,9 @@ def _report(inputs, output_dir, paths, seconds):
         if reliability["Grade"] == "low":
             LOGGER.warning("sub-%s: low target reliability: %s", inputs.subject,
                            reliability["GradeReason"])
+    report = Path(output_dir) / f"sub-{inputs.subject}.html"
+    if report.is_file() and report.stat().st_mtime >= time.time() - seconds - 1:
+        print(f"  report: {report}")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,10 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     }
     write_json(path, description)
     # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
-    # stat-<label>_boldmap names of the statistical-derivatives BEP (as XCP-D writes them).
-    write_text(Path(output_dir) / ".bidsignore", "sub-*/log\nsub-*/tms\n*_boldmap.*\n")
+    # stat-<label>_boldmap names of the statistical-derivatives BEP (as XCP-D writes them); the
+    # reports (sub-<label>.html, their figures, the group level's group.html and group/ tables).
+    write_text(Path(output_dir) / ".bidsignore",
+               "sub-*/log\nsub-*/tms\n*_boldmap.*\n*.html\nsub-*/figures\ngroup\n")
     return path
 
 

@@ -7,7 +7,7 @@
                           -> TargetReliability (split half, block bootstrap)
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                                    -> MapTargets (T1w <-> MNI)
-                                                   -> derivatives
+                                                   -> derivatives -> ParticipantReport
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from nipype.pipeline import engine as pe
 
 from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from bids_app.derivatives import ParticipantDerivatives
+from bids_app.reports import ParticipantReport
 from workflows.combine import CombineRuns
 from workflows.landmarks import ScalpTargets
 from workflows.confounds import Denoise
@@ -30,7 +31,7 @@ from workflows.transforms import MapTargets
 
 
 #: What each run's workflow hands to the participant level.
-RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file"]
+RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"]
 
 
 def init_run_wf(run, options, name):
@@ -45,7 +46,7 @@ def init_run_wf(run, options, name):
     Returns
     -------
     nipype Workflow: ``inputnode.seed_file`` takes the seed weights on the BOLD grid;
-    ``outputnode`` holds ``z_file``, ``mask_file``, ``info_file`` and ``cleaned_file``.
+    ``outputnode`` holds ``z_file``, ``mask_file``, ``info_file``, ``cleaned_file`` and ``carpet_file``.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["seed_file"]), name="inputnode")
@@ -63,12 +64,13 @@ def init_run_wf(run, options, name):
         (denoise, correlate, [("cleaned_file", "cleaned_file")]),
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
         (correlate, outputnode, [("z_file", "z_file")]),
-        (denoise, outputnode, [("info_file", "info_file"), ("cleaned_file", "cleaned_file")]),
+        (denoise, outputnode, [("info_file", "info_file"), ("cleaned_file", "cleaned_file"),
+                                ("carpet_file", "carpet_file")]),
     ])
     return workflow
 
 
-def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
+def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
     """Build the whole graph of one participant.
 
     Parameters
@@ -79,6 +81,9 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
         Derivatives root.
     source_dir : path
         The fMRIPrep derivatives folder (for provenance in the sidecars).
+    name : str, optional
+    report : bool
+        Append the :class:`bids_app.reports.ParticipantReport` node (``sub-<label>.html``).
     """
     workflow = pe.Workflow(name=name or f"sub_{inputs.subject}_wf")
 
@@ -141,6 +146,20 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
     ])
     if options.bootstrap_samples:
         workflow.connect(reliability, "frequency_file", sink, "frequency_file")
+    if report:
+        report_node = pe.Node(ParticipantReport(
+            output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
+            seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
+            **{key: value for key, value in (("t1w", inputs.t1w), ("other_space", inputs.other_space),
+                                             ("source_version", inputs.source_version)) if value}),
+            name="report", run_without_submitting=True)
+        # Like the sink: the report is written every time, after the derivatives it shows.
+        report_node.overwrite = True
+        workflow.connect([
+            (sink, report_node, [("out_files", "derivatives")]),
+            (merge["info_file"], report_node, [("out", "info_files")]),
+            (merge["carpet_file"], report_node, [("out", "carpet_files")]),
+        ])
     # The final targets table of the computation space, whatever stages ran.
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
     if inputs.t1w:
@@ -156,6 +175,8 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None):
             (comparators, targets, [("out_file", "targets_file")]),
             (comparators, sink, [("measurements_file", "measurements_file")]),
         ])
+        if report:
+            workflow.connect(scalp, "mesh_file", report_node, "mesh_file")
     else:
         workflow.connect(select, "targets_file", targets, "targets_file")
     workflow.connect(targets, "targets_file", sink, "targets_file")

@@ -195,6 +195,7 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
 class _DenoiseOutputSpec(TraitedSpec):
     cleaned_file = File(exists=True, desc="float32 (retained volumes x mask voxels) .npy")
     info_file = File(exists=True, desc="JSON: volumes, retained volumes, regressors, dof")
+    carpet_file = File(exists=True, desc="NPZ for the report's carpet plot: raw, cleaned, retained, voxels")
     n_retained = traits.Int()
 
 
@@ -223,6 +224,11 @@ class Denoise(SimpleInterface):
                           inputs.high_pass, inputs.low_pass)
         out = Path(runtime.cwd)
         np.save(out / "cleaned.npy", cleaned)
+        # A few thousand evenly spaced voxels are enough for the report's carpet plot.
+        n_mask = timeseries.shape[1]
+        voxels = np.linspace(0, n_mask - 1, min(3000, n_mask)).astype(int)
+        np.savez(out / "carpet.npz", raw=timeseries[:, voxels], cleaned=cleaned[:, voxels],
+                 retained=np.asarray(sample_mask, dtype=int), voxels=voxels)
         info = {
             "BoldFile": inputs.bold_file,
             "RepetitionTime": inputs.t_r,
@@ -236,5 +242,6 @@ class Denoise(SimpleInterface):
         (out / "denoise.json").write_text(json.dumps(info, indent=2))
         self._results.update(cleaned_file=str(out / "cleaned.npy"),
                              info_file=str(out / "denoise.json"),
+                             carpet_file=str(out / "carpet.npz"),
                              n_retained=len(sample_mask))
         return runtime
