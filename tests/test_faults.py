@@ -19,6 +19,7 @@ import pytest
 
 from bids_app.synthetic import make_fmriprep_dataset
 from conftest import FAST, connectivity_row, distance_mm, run_app
+from workflows.base import participant_wf_name
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -145,7 +146,7 @@ def test_killed_run_resumes_to_the_same_outputs(one_run_dataset, mni_run, tmp_pa
     out, work = tmp_path / "out", tmp_path / "work"
     process = subprocess.Popen(command(root, out, work), env=environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    denoised = work / "sub_01_wf" / "run_01_wf" / "denoise" / "result_denoise.pklz"
+    denoised = work / participant_wf_name("01") / "run_01_wf" / "denoise" / "result_denoise.pklz"
     deadline = time.time() + 600
     while not denoised.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_app import __version__
 from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from bids_app.derivatives import ParticipantDerivatives
 from bids_app.reports import ParticipantReport
@@ -28,6 +29,16 @@ from workflows.scalp import ScalpProjection
 from workflows.seed import SeedTimeseries
 from workflows.target import SelectTarget
 from workflows.transforms import MapTargets
+
+
+def participant_wf_name(subject):
+    """Name of a participant's workflow, which is its folder in the work dir.
+
+    The version is part of it (as fMRIPrep does): Nipype reuses a cached step when its inputs are
+    unchanged, even if another version of tmstarget computed it differently or gave it other
+    outputs, so each version keeps its own cache.
+    """
+    return f"tmstarget_{__version__.replace('.', '_')}_sub_{subject}_wf"
 
 
 #: What each run's workflow hands to the participant level.
@@ -85,7 +96,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     report : bool
         Append the :class:`bids_app.reports.ParticipantReport` node (``sub-<label>.html``).
     """
-    workflow = pe.Workflow(name=name or f"sub_{inputs.subject}_wf")
+    workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
 
     regions = pe.Node(Regions(
         mask_files=[run.mask for run in inputs.runs], gm_file=inputs.gm,
