@@ -195,3 +195,48 @@ def test_two_participants_concurrently_into_one_output_dir(two_participants, tmp
     assert '"DatasetType": "derivative"' in description
     # no temporary file left by either writer
     assert [p.name for p in out.rglob(".*")] == [".bidsignore"]
+
+
+# --------------------------------------------------------------------------------------------
+# a failure leaves the previous complete outputs in place
+# --------------------------------------------------------------------------------------------
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    """The mechanism: a writer dying half way leaves the previous file and no temporary file."""
+    from bids_app.derivatives import atomic_write, write_text
+
+    target = write_text(tmp_path / "sub-01" / "targets.tsv", "name\tx\nconnectivity\t-40\n")
+
+    def dies_half_way(tmp):
+        Path(tmp).write_text("name\tx\nconnec")
+        raise KeyboardInterrupt  # as a Ctrl-C or a killed node
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies_half_way)
+    assert target.read_text() == "name\tx\nconnectivity\t-40\n"
+    assert [p.name for p in target.parent.iterdir()] == ["targets.tsv"]
+
+
+def test_failed_rerun_keeps_the_previous_outputs(one_run_dataset, mni_run, tmp_path, capsys):
+    """Outputs of a good run, then a re-run on data that became bad (NaN in the BOLD): the error is
+    reported and every previous output file is still there, byte for byte."""
+    import nibabel as nb
+    import numpy as np
+
+    root, _ = one_run_dataset
+    reference, _, _ = mni_run
+    data = tmp_path / "fmriprep"
+    shutil.copytree(root, data)
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = tree_digest(out)
+    bold = next(data.glob(f"sub-01/func/*_space-{SPACE}_desc-preproc_bold.nii.gz"))
+    img = nb.load(bold)
+    values = img.get_fdata(dtype=np.float32)
+    values[20, 20, 20, 30] = np.nan
+    bold.unlink()
+    damaged = nb.Nifti1Image(values, img.affine, img.header)
+    damaged.set_data_dtype(np.float32)  # int16 cannot hold a NaN
+    damaged.to_filename(bold)
+    assert run_app(data, out, work_dir=tmp_path / "work") == 1
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert tree_digest(out) == before
