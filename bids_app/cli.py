@@ -154,10 +154,6 @@ def resolve_options(args):
         if not isinstance(options.bids_filters, dict) or not set(options.bids_filters) <= {"bold", "t1w"}:
             raise UsageError(f"--bids-filter-file {args.bids_filter_file}: expected a JSON object with "
                              'keys "bold" and/or "t1w"')
-        for kind, query in options.bids_filters.items():
-            if not isinstance(query, dict):
-                raise UsageError(f"--bids-filter-file {args.bids_filter_file}: the value of {kind!r} must "
-                                 'be a JSON object of entities, e.g. {"acquisition": "mb8"}')
     if not options.high_pass < options.low_pass:
         raise UsageError("--high-pass must be lower than --low-pass")
     _check_ranges(options)

@@ -233,7 +233,7 @@ GRID_TOLERANCE_MM = 0.01
 
 
 def check_filters(layout, filters):
-    """Refuse ``--bids-filter-file`` entities pybids does not know (a typo would silently match)."""
+    """Refuse ``--bids-filter-file`` entities pybids does not know (a typo in the file, e.g. ``acqusition``)."""
     known = set(layout.get_entities(metadata=False))
     for kind, query in filters.items():
         if not isinstance(query, dict):
@@ -303,7 +303,7 @@ def _outside_field_of_view(img, points):
 
 
 def _data_3d(img, path, what, fix):
-    if len(img.shape) == 4 and img.shape[3] == 1 or len(img.shape) == 3:
+    if len(img.shape) == 3 or (len(img.shape) == 4 and img.shape[3] == 1):
         return
     raise InputError(f"{what} {path} has shape {img.shape}, not a 3-D image: {fix}")
 
