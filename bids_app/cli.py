@@ -144,6 +144,8 @@ def resolve_options(args):
             options.participant_label = [clean_label(x) for x in args.participant_label]
         if args.session_label:
             options.session_label = [clean_label(x, "session") for x in args.session_label]
+        options.task_id = clean_label(options.task_id, "task")
+        options.seed_name = clean_label(options.seed_name, "seed name")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.bids_filter_file:

@@ -64,7 +64,8 @@ class ParticipantInputs:
 
 def clean_label(label, what="participant"):
     """``sub-01`` or ``01`` -> ``01``; anything that is not a plain BIDS label is refused."""
-    prefix = {"participant": "sub-", "session": "ses-"}[what]
+    # the task and the seed name become file-name entities too (task-<label>, desc-<label>)
+    prefix = {"participant": "sub-", "session": "ses-", "task": "task-", "seed name": "desc-"}[what]
     value = label[len(prefix):] if label.startswith(prefix) else label
     if not LABEL_PATTERN.match(value):
         raise ValueError(f"invalid {what} label {label!r}: BIDS labels are letters and digits only")

@@ -103,7 +103,9 @@ def test_work_dir_inside_the_input_is_refused(dataset, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,label", [("--participant-label", "sub-01/.."),
                                         ("--participant-label", "/etc"),
-                                        ("--session-label", "../../x")])
+                                        ("--session-label", "../../x"),
+                                        ("--task-id", "../../x"),  # task-<id> is in output names
+                                        ("--seed-name", "../evil")])  # so is desc-<seed name>
 def test_labels_escaping_a_folder(dataset, tmp_path, capsys, flag, label):
     root, _ = dataset
     line = fails(capsys, root, tmp_path / "out", flag, label, code=2)
