@@ -140,10 +140,11 @@ def resolve_options(args):
             _check_region_image(f"--{name.replace('_', '-')}", value)
             setattr(options, name, str(value.resolve()))
     try:
-        if args.participant_label:
-            options.participant_label = [clean_label(x) for x in args.participant_label]
-        if args.session_label:
-            options.session_label = [clean_label(x, "session") for x in args.session_label]
+        # from the flags, else from --config-file: checked either way
+        options.participant_label = [clean_label(x) for x in args.participant_label or
+                                     options.participant_label]
+        options.session_label = [clean_label(x, "session") for x in args.session_label or
+                                 options.session_label]
         options.task_id = clean_label(options.task_id, "task")
         options.seed_name = clean_label(options.seed_name, "seed name")
     except ValueError as err:

@@ -411,7 +411,8 @@ def test_bad_bids_filter_file(dataset, tmp_path, capsys, content, words):
     ("[1, 2", "--config-file"),
     ('{"smoothing": 6}', "unknown option(s) smoothing"),
     ('{"gm_threshold": 7}', "--gm-threshold 7 is out of range"),
-], ids=["missing", "json", "unknown-key", "range"])
+    ('{"participant_label": ["../../x"]}', "invalid participant label '../../x'"),
+], ids=["missing", "json", "unknown-key", "range", "label"])
 def test_bad_config_file(dataset, tmp_path, capsys, content, words):
     root, _ = dataset
     config = tmp_path / "config.json"
