@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import connectivity_row, distance_mm, run_app
+from conftest import cli_command, cli_environment, connectivity_row, distance_mm, run_app
 
 SPACE = "MNI152NLin2009cAsym"
 RUN = "sub-01_task-rest_run-1"
@@ -123,8 +122,7 @@ def test_unwritable_output_dir(dataset, tmp_path):
     root, _ = dataset
     out = tmp_path / "readonly"
     out.mkdir()
-    command = [sys.executable, "-m", "bids_app.cli", str(root), str(out / "derivatives"), "participant",
-               "-w", str(tmp_path / "work")]
+    command = cli_command(root, out / "derivatives", tmp_path / "work")
     if os.geteuid() == 0:  # root ignores permission bits: make the folder a read-only mount
         if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
             pytest.skip("root without mount namespaces: cannot make a read-only folder")
@@ -133,7 +131,7 @@ def test_unwritable_output_dir(dataset, tmp_path):
                    "sh", *command]
     else:
         out.chmod(0o555)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=cli_environment())
     assert result.returncode == 1, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("tmstarget: error:")]
     assert f"output_dir {out / 'derivatives'} is not writable" in line and "Traceback" not in result.stderr
