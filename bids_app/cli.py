@@ -163,10 +163,13 @@ def resolve_options(args):
             _check_region_image(f"--{name.replace('_', '-')}", value)
             setattr(options, name, str(value.resolve()))
     try:
-        if args.participant_label:
-            options.participant_label = [clean_label(x) for x in args.participant_label]
-        if args.session_label:
-            options.session_label = [clean_label(x, "session") for x in args.session_label]
+        # from the flags, else from --config-file: checked either way
+        options.participant_label = [clean_label(x) for x in args.participant_label or
+                                     options.participant_label]
+        options.session_label = [clean_label(x, "session") for x in args.session_label or
+                                 options.session_label]
+        options.task_id = clean_label(options.task_id, "task")
+        options.seed_name = clean_label(options.seed_name, "seed name")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.bids_filter_file:
@@ -177,10 +180,6 @@ def resolve_options(args):
         if not isinstance(options.bids_filters, dict) or not set(options.bids_filters) <= {"bold", "t1w"}:
             raise UsageError(f"--bids-filter-file {args.bids_filter_file}: expected a JSON object with "
                              'keys "bold" and/or "t1w"')
-        for kind, query in options.bids_filters.items():
-            if not isinstance(query, dict):
-                raise UsageError(f"--bids-filter-file {args.bids_filter_file}: the value of {kind!r} must "
-                                 'be a JSON object of entities, e.g. {"acquisition": "mb8"}')
     if not options.high_pass < options.low_pass:
         raise UsageError("--high-pass must be lower than --low-pass")
     _check_ranges(options)

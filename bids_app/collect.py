@@ -64,7 +64,8 @@ class ParticipantInputs:
 
 def clean_label(label, what="participant"):
     """``sub-01`` or ``01`` -> ``01``; anything that is not a plain BIDS label is refused."""
-    prefix = {"participant": "sub-", "session": "ses-"}[what]
+    # the task and the seed name become file-name entities too (task-<label>, desc-<label>)
+    prefix = {"participant": "sub-", "session": "ses-", "task": "task-", "seed name": "desc-"}[what]
     value = label[len(prefix):] if label.startswith(prefix) else label
     if not LABEL_PATTERN.match(value):
         raise ValueError(f"invalid {what} label {label!r}: BIDS labels are letters and digits only")
@@ -233,7 +234,7 @@ GRID_TOLERANCE_MM = 0.01
 
 
 def check_filters(layout, filters):
-    """Refuse ``--bids-filter-file`` entities pybids does not know (a typo would silently match)."""
+    """Refuse ``--bids-filter-file`` entities pybids does not know (a typo in the file, e.g. ``acqusition``)."""
     known = set(layout.get_entities(metadata=False))
     for kind, query in filters.items():
         if not isinstance(query, dict):
@@ -303,7 +304,7 @@ def _outside_field_of_view(img, points):
 
 
 def _data_3d(img, path, what, fix):
-    if len(img.shape) == 4 and img.shape[3] == 1 or len(img.shape) == 3:
+    if len(img.shape) == 3 or (len(img.shape) == 4 and img.shape[3] == 1):
         return
     raise InputError(f"{what} {path} has shape {img.shape}, not a 3-D image: {fix}")
 

@@ -1,6 +1,8 @@
 """Shared fixtures: synthetic fMRIPrep datasets and pipeline runs, made once per test session."""
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,34 @@ def mni_run(one_run_dataset, tmp_path_factory):
     base = tmp_path_factory.mktemp("mni_run")
     assert run_app(root, base / "out", work_dir=base / "work") == 0
     return base / "out", base / "work", truth
+
+
+def cli_command(bids_dir, output_dir, work_dir, *flags, level="participant"):
+    """The command line a user types, for a subprocess (a SIGKILL or a namespace needs a process)."""
+    return [sys.executable, "-m", "bids_app.cli", str(bids_dir), str(output_dir), level,
+            "-w", str(work_dir), *flags]
+
+
+def cli_environment(**extra):
+    """The environment of such a subprocess: this source tree's package, whatever the folder."""
+    env = dict(os.environ, NIPYPE_NO_ET="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    return env
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under ``root``."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_same_outputs(out, reference):
+    """Same files, byte for byte (maps, tables, sidecars, exports, configuration)."""
+    digest, expected = tree_digest(out), tree_digest(reference)
+    assert sorted(digest) == sorted(expected)
+    differing = [name for name in expected if digest[name] != expected[name]]
+    assert not differing, f"files differ: {differing}"
+    assert any(name.endswith("_boldmap.nii.gz") for name in digest)
+    assert any(name.endswith("_targets.tsv") for name in digest)
