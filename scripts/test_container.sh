@@ -119,10 +119,10 @@ user=$("$DOCKER" image inspect -f '{{.Config.User}}' "$IMAGE")
 [[ -n $user && $user != root && $user != 0* ]] || fail "the image runs as root (User '$user')"
 label=$("$DOCKER" image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE")
 [[ $label == "$VERSION" ]] || fail "OCI version label '$label', expected $VERSION"
-compilers=$("$DOCKER" run --rm --network none --entrypoint /bin/sh "$IMAGE" -c \
-    'for c in gcc cc c++ g++ clang make pip pip3; do command -v $c; done; true')
-[[ -z $compilers ]] || fail "build tools in the final image: $compilers"
-[[ $("$DOCKER" run --rm --network none "$IMAGE" --version) == "tmstarget $VERSION" ]] || fail "--version"
+# No compiler or pip in the final image; the entry point answers.
+checks=$("$DOCKER" run --rm --network none --entrypoint /bin/sh "$IMAGE" -c \
+    'for c in gcc cc c++ g++ clang make pip pip3; do command -v $c; done; tmstarget --version')
+[[ $checks == "tmstarget $VERSION" ]] || fail "expected only 'tmstarget $VERSION', got: $checks"
 
 # --- the demo, as on a cluster --------------------------------------------------------------------
 # --read-only, a user id that exists nowhere in the image, no network, a home that does not exist
@@ -146,9 +146,14 @@ t=$SECONDS
     "$IMAGE" /data /out participant -w /work --nprocs 2 --omp-nthreads 1 --mem-gb 8 | tee "$WORK/run.log"
 log "tmstarget participant: $((SECONDS - t)) s"
 
-# The root file system was read-only; the container changed nothing in its own layer either.
+# The root file system was read-only; the container changed nothing in its own layer either
+# (docker diff lists the mount points docker made, which are not the program's writes).
 for name in tmstarget-ci-synth tmstarget-ci-run; do
-    changes=$("$DOCKER" diff "$name")
+    mounts=$("$DOCKER" inspect -f '{{range .Mounts}}{{.Destination}} {{end}}/tmp' "$name")
+    changes=$("$DOCKER" diff "$name" | while read -r _ path; do
+        for mount in $mounts; do [[ $mount == "$path" || $mount == "$path"/* ]] && continue 2; done
+        echo "$path"
+    done)
     [[ -z $changes ]] || fail "$name wrote into the image: $changes"
 done
 
