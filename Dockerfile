@@ -77,7 +77,8 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then apt_ca=(-o "Acquire::https::CAInfo=/run/secrets/ca"); else apt_ca=(); fi \
     && apt-get "${apt_ca[@]}" update \
     && apt-get "${apt_ca[@]}" install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
     && useradd --uid 1000 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tmstarget
 
 COPY --from=build /opt/tmstarget /opt/tmstarget
