@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by scripts/test_container.sh and scripts/test_slurm.sh (sourced, not run).
 
 # Say something with the script's name and the seconds since it started.

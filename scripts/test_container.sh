@@ -39,7 +39,7 @@ cleanup() {
         stop_pidfile "$WORK/dockerd.pid"
         ((status == 0)) || tail -20 "$WORK/dockerd.log" 2>/dev/null || true
     fi
-    [[ -n ${KEEP:-} ]] && log "kept $WORK" || rm -rf "$WORK"
+    if [[ -n ${KEEP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$status"
 }
 trap cleanup EXIT
@@ -132,6 +132,7 @@ user=$("$DOCKER" image inspect -f '{{.Config.User}}' "$IMAGE")
 label=$("$DOCKER" image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE")
 [[ $label == "$VERSION" ]] || fail "OCI version label '$label', expected $VERSION"
 # No compiler or pip in the final image; the entry point answers.
+# shellcheck disable=SC2016  # $c is the container shell's
 checks=$("$DOCKER" run --rm --network none --entrypoint /bin/sh "$IMAGE" -c \
     'for c in gcc cc c++ g++ clang make pip pip3; do command -v $c; done; tmstarget --version')
 [[ $checks == "tmstarget $VERSION" ]] || fail "expected only 'tmstarget $VERSION', got: $checks"

@@ -27,14 +27,14 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/tmstarget-slurm.XXXXXX")
 chmod 755 "$W"
 cleanup() {
     local status=$?
-    [[ -f $W/slurm.conf ]] && scancel --quiet --user "$USER" 2>/dev/null || true
+    if [[ -f $W/slurm.conf ]]; then scancel --quiet --user "$USER" 2>/dev/null || true; fi
     stop_pidfile "$W/slurmd.pid"
     stop_pidfile "$W/slurmctld.pid"
     stop_pidfile "$W/munged.pid"
     if ((status != 0)); then
         for f in "$W"/*.log "$W"/jobs/*.log; do [[ -f $f ]] && { echo "--- $f"; tail -15 "$f"; }; done
     fi
-    [[ -n ${KEEP:-} ]] && log "kept $W" || rm -rf "$W"
+    if [[ -n ${KEEP:-} ]]; then log "kept $W"; else rm -rf "$W"; fi
     exit "$status"
 }
 trap cleanup EXIT
