@@ -103,5 +103,5 @@ ENV PATH=/opt/tmstarget/bin:${PATH} \
     LANG=C.UTF-8
 USER 1000:1000
 WORKDIR /tmp
+# No CMD: as every BIDS App, it needs bids_dir output_dir analysis_level (it prints its usage).
 ENTRYPOINT ["/opt/tmstarget/bin/tmstarget"]
-CMD ["--help"]
