@@ -54,38 +54,65 @@ TARGET_COLUMNS = {
 }
 
 
-def atomic_write(path, write):
-    """Create ``path`` through ``write(tmp_path)`` then one atomic rename; nothing half-written remains."""
+def atomic_write(path, write, once=False):
+    """Create ``path`` through ``write(tmp_path)`` then one atomic rename; nothing half-written remains.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to create or replace.
+    write : callable
+        ``write(tmp_path)`` writes the whole content to ``tmp_path``.
+    once : bool
+        Write-once: keep ``path`` if it exists. The complete temporary file is hard-linked to
+        ``path``, which fails when another process got there first, so concurrent writers (one SLURM
+        task per participant sharing ``output_dir``) leave exactly one complete file and never
+        replace it; ``os.link`` is atomic on local file systems and NFS. On a file system without
+        hard links the rename is used (still atomic; concurrent writers write the same content).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if once and path.exists():
+        return path
     # Keep the real extension last so writers that look at it (nibabel: .nii.gz) behave.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
+        if once:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here (some FUSE or SMB mounts)
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
-def write_text(path, text):
-    """Atomically write a text file."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def write_text(path, text, once=False):
+    """Atomically write a text file (``once``: only if it does not exist, see `atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), once=once)
 
 
-def write_json(path, data):
+def write_json(path, data, once=False):
     """Atomically write a JSON file (sorted keys, so identical content gives identical bytes)."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", once=once)
 
 
 def write_dataset_description(output_dir, source_dir, source_version=None):
-    """``dataset_description.json`` of the derivatives, written once (concurrent writers agree)."""
+    """``dataset_description.json`` and ``.bidsignore`` of the derivatives, each written once.
+
+    Participants run concurrently (a SLURM array) share ``output_dir``: each file at its root is
+    created write-once (`atomic_write` with ``once=True``), so the first complete file stays and no
+    reader ever sees a partial one. Both are checked on every call, so a run that stopped between
+    the two is completed by the next.
+    """
     path = Path(output_dir) / "dataset_description.json"
-    if path.is_file():
-        return path
     source_uri = Path(source_dir).resolve().as_uri()
     description = {
         "Name": "tmstarget: connectivity-guided TMS targets",
@@ -96,12 +123,12 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
         "SourceDatasets": [{"URL": source_uri, **({"Version": source_version} if source_version else {})}],
         "DatasetLinks": {"fmriprep": source_uri},
     }
-    write_json(path, description)
+    write_json(path, description, once=True)
     # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
     # stat-<label>_boldmap names of the statistical-derivatives BEP (as XCP-D writes them); the
     # reports (sub-<label>.html, their figures, the group level's group.html and group/ tables).
     write_text(Path(output_dir) / ".bidsignore",
-               "sub-*/log\nsub-*/tms\n*_boldmap.*\n*.html\nsub-*/figures\ngroup\n")
+               "sub-*/log\nsub-*/tms\n*_boldmap.*\n*.html\nsub-*/figures\ngroup\n", once=True)
     return path
 
 

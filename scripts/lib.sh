@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# Shell helpers shared by scripts/test_container.sh and scripts/test_slurm.sh (sourced, not run).
+
+# Say something with the script's name and the seconds since it started.
+log() { printf '[%s %4ds] %s\n' "${SCRIPT_NAME:-$(basename "$0")}" "$SECONDS" "$*"; }
+
+# Exit 0 with a clear message: the check cannot run here (not a failure).
+skip() { log "SKIPPED: $*"; exit 0; }
+
+# Make sure the Debian packages "$@" are installed, installing them with apt-get when we are root.
+# Returns 1 (the caller skips) when they are missing and cannot be installed.
+ensure_debian_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+        log "missing Debian packages: ${missing[*]} (not root, or no apt-get)"
+        return 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"; } >"${TMPDIR:-/tmp}/apt-$$.log" 2>&1; then
+        tail -5 "${TMPDIR:-/tmp}/apt-$$.log"
+        log "could not install: ${missing[*]}"
+        return 1
+    fi
+}
+
+# Stop a daemon started by this script, by the process id in its pid file, and wait for it.
+stop_pidfile() {
+    local pidfile=$1 pid
+    [[ -s $pidfile ]] || return 0
+    pid=$(<"$pidfile")
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+}

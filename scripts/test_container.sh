@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Build the image from the repository's Dockerfile and run it as a cluster would: read-only root,
+# an arbitrary user id (12345), no network, no writable home, /tmp as the only scratch; the demo
+# dataset is made by the image's own tmstarget-synth, mounted read-only, and the outputs checked.
+#
+# Needs root (or a running Docker engine). Starts Debian's dockerd on a private socket and data
+# root (vfs storage, no bridge, no iptables: nothing of the host's network is touched) and stops it
+# at the end. Without Docker Hub, the base image (debian:bookworm-slim) is made locally with
+# debootstrap and `docker import`ed under that tag. Nothing is cached between runs.
+# Skips (exit 0, with a message) when no engine can be had.
+#
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), KEEP=1 keeps the temp dir,
+# DOCKER_HOST=… uses that engine instead of starting one.
+set -euo pipefail
+SCRIPT_NAME=test_container
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
+BASE_IMAGE=debian:bookworm-slim
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")
+IMAGE=tmstarget:$VERSION
+RUN_USER=12345:12345
+
+# --- an engine ------------------------------------------------------------------------------------
+packages=(docker.io)
+[[ -n ${DOCKER_HOST:-} ]] || packages+=(debootstrap)
+ensure_debian_packages "${packages[@]}" || skip "no Docker engine and it cannot be installed here"
+# Debian's client matches Debian's daemon and has BuildKit built in (a newer client needs buildx).
+DOCKER=$(command -v /usr/bin/docker || command -v docker)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tmstarget-container.XXXXXX")
+chmod 755 "$WORK"
+cleanup() {
+    local status=$?
+    if [[ -n ${OWN_DAEMON:-} ]]; then
+        "$DOCKER" rm -f tmstarget-ci-synth tmstarget-ci-run >/dev/null 2>&1 || true
+        stop_pidfile "$WORK/dockerd.pid"
+        ((status == 0)) || tail -20 "$WORK/dockerd.log" 2>/dev/null || true
+    fi
+    if [[ -n ${KEEP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$status"
+}
+trap cleanup EXIT
+
+if [[ -z ${DOCKER_HOST:-} ]]; then
+    [[ $(id -u) == 0 ]] || skip "no DOCKER_HOST and not root: cannot start a Docker engine"
+    export DOCKER_HOST=unix://$WORK/docker.sock
+    OWN_DAEMON=1
+    # overlay2 where the kernel and file system allow it (fast), vfs (plain copies) elsewhere.
+    for driver in overlay2 vfs; do
+        log "starting dockerd ($driver storage) on $DOCKER_HOST"
+        dockerd --storage-driver="$driver" --data-root "$WORK/docker" --exec-root "$WORK/exec" \
+            --pidfile "$WORK/dockerd.pid" --host "$DOCKER_HOST" \
+            --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
+        for _ in $(seq 60); do "$DOCKER" info >/dev/null 2>&1 && break 2; kill -0 $! 2>/dev/null || break; sleep 0.5; done
+        stop_pidfile "$WORK/dockerd.pid"
+        rm -rf "$WORK/docker" "$WORK/exec"
+    done
+    "$DOCKER" info >/dev/null 2>&1 || { tail -5 "$WORK/dockerd.log"; skip "dockerd did not start here"; }
+fi
+
+# --- the base image -------------------------------------------------------------------------------
+if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 120 "$DOCKER" pull -q "$BASE_IMAGE" 2>/dev/null; then
+    log "no $BASE_IMAGE from a registry: debootstrap bookworm from $MIRROR"
+    rootfs=$WORK/rootfs
+    debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -5 "$WORK/debootstrap.log"; exit 1; }
+    # As Debian's official slim image: the same sources, and no docs, man pages or locales.
+    cat >"$rootfs/etc/apt/sources.list" <<EOF
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+    cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+    # apt keeps no downloaded packages or caches in layers (the official image's docker-clean).
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+    find "$rootfs/usr/share/doc" -mindepth 2 ! -name copyright ! -type d -delete
+    rm -rf "$rootfs"/usr/share/{man,info,locale}/* "$rootfs"/var/cache/apt/*.bin \
+        "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
+    tar -C "$rootfs" -c . | "$DOCKER" import - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+    log "imported $BASE_IMAGE ($("$DOCKER" image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
+fi
+
+# --- the image ------------------------------------------------------------------------------------
+# The build context: the repository's files as git sees them, plus the seeded TemplateFlow home of
+# ../shared when it is there (so the template is baked without a download).
+context=$WORK/context
+mkdir -p "$context"
+(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$context" 2>/dev/null) \
+    || cp -r "$REPO"/{pyproject.toml,README.md,bids_app,workflows,docker,Dockerfile,.dockerignore} "$context"
+seed=$REPO/../shared/data/templateflow/tpl-MNI152NLin2009cAsym
+[[ -d $seed ]] && cp -r "$seed" "$context/docker/templateflow/" && chmod -R u+w "$context/docker/templateflow"
+
+build_args=(--network host --build-arg "VERSION=$VERSION"
+            --build-arg "VCS_REF=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+            --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+# A TLS-intercepting network: the machine's CA bundle and pip configuration as build secrets.
+ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+[[ -s $ca ]] && build_args+=(--secret "id=ca,src=$ca")
+pipconf=${PIP_CONFIG_FILE:-/etc/pip.conf}
+[[ -s $pipconf ]] && build_args+=(--secret "id=pipconf,src=$pipconf")
+for proxy in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
+    [[ -n ${!proxy:-} ]] && build_args+=(--build-arg "$proxy")
+done
+log "building $IMAGE"
+build_start=$SECONDS
+DOCKER_BUILDKIT=1 "$DOCKER" build --progress plain "${build_args[@]}" -t "$IMAGE" "$context" \
+    >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+grep -E "baked|seeded|warning: TemplateFlow" "$WORK/build.log" | sed 's/^#[0-9]* [0-9.]* /  /' || true
+size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
+log "built $IMAGE in $((SECONDS - build_start)) s: $(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}')"
+
+# --- the image's own promises ---------------------------------------------------------------------
+fail() { log "FAILED: $*"; exit 1; }
+user=$("$DOCKER" image inspect -f '{{.Config.User}}' "$IMAGE")
+[[ -n $user && $user != root && $user != 0* ]] || fail "the image runs as root (User '$user')"
+label=$("$DOCKER" image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE")
+[[ $label == "$VERSION" ]] || fail "OCI version label '$label', expected $VERSION"
+# No compiler or pip in the final image; the entry point answers.
+# shellcheck disable=SC2016  # $c is the container shell's
+checks=$("$DOCKER" run --rm --network none --entrypoint /bin/sh "$IMAGE" -c \
+    'for c in gcc cc c++ g++ clang make pip pip3; do command -v $c; done; tmstarget --version')
+[[ $checks == "tmstarget $VERSION" ]] || fail "expected only 'tmstarget $VERSION', got: $checks"
+
+# --- the demo, as on a cluster --------------------------------------------------------------------
+# --read-only, a user id that exists nowhere in the image, no network, a home that does not exist
+# (Apptainer with --no-home/--cleanenv), the input mounted read-only.
+data=$WORK/data
+mkdir -p "$data/fmriprep" "$data/out" "$data/work"
+chown -R "$RUN_USER" "$data"
+as_cluster=(--read-only --user "$RUN_USER" --tmpfs /tmp --network none --env HOME=/nonexistent)
+
+log "demo dataset with the image's tmstarget-synth"
+t=$SECONDS
+"$DOCKER" run --name tmstarget-ci-synth "${as_cluster[@]}" -v "$data/fmriprep:/data/fmriprep" \
+    --entrypoint tmstarget-synth "$IMAGE" /data/fmriprep --spaces MNI152NLin2009cAsym T1w \
+    | tee "$WORK/synth.log"
+log "synth: $((SECONDS - t)) s"
+
+log "tmstarget participant, read-only, uid ${RUN_USER%%:*}"
+t=$SECONDS
+"$DOCKER" run --name tmstarget-ci-run "${as_cluster[@]}" \
+    -v "$data/fmriprep:/data:ro" -v "$data/out:/out" -v "$data/work:/work" \
+    "$IMAGE" /data /out participant -w /work --nprocs 2 --omp-nthreads 1 --mem-gb 8 | tee "$WORK/run.log"
+log "tmstarget participant: $((SECONDS - t)) s; output $(du -sh "$data/out" | cut -f1), work dir $(du -sh "$data/work" | cut -f1)"
+
+# The root file system was read-only; the container changed nothing in its own layer either
+# (docker diff lists the mount points docker made, which are not the program's writes).
+for name in tmstarget-ci-synth tmstarget-ci-run; do
+    mounts=$("$DOCKER" inspect -f '{{range .Mounts}}{{.Destination}} {{end}}/tmp' "$name")
+    changes=$("$DOCKER" diff "$name" | while read -r _ path; do
+        for mount in $mounts; do [[ $mount == "$path" || $mount == "$path"/* ]] && continue 2; done
+        echo "$path"
+    done)
+    [[ -z $changes ]] || fail "$name wrote into the image: $changes"
+done
+
+# --- the outputs ----------------------------------------------------------------------------------
+others=$(find "$data" ! -uid "${RUN_USER%%:*}")
+[[ -z $others ]] || fail "files not owned by the run's user id: $others"
+python3 - "$data" <<'EOF'
+"""Check the container's outputs: complete, valid, and the planted target found (stdlib only)."""
+import csv, json, math, sys
+from pathlib import Path
+
+data = Path(sys.argv[1])
+out, truth = data / "out", json.loads((data / "fmriprep" / "tmstarget_synthetic_truth.json").read_text())
+assert truth["head"] == "templateflow", f"the demo did not use the baked template: head {truth['head']}"
+description = json.loads((out / "dataset_description.json").read_text())
+assert description["DatasetType"] == "derivative", description
+assert (out / ".bidsignore").read_text().split() == ["sub-*/log", "sub-*/tms", "*_boldmap.*"]
+expected = [
+    "sub-01/func/sub-01_task-rest_space-MNI152NLin2009cAsym_desc-sgACC_stat-z_boldmap.nii.gz",
+    "sub-01/func/sub-01_task-rest_space-MNI152NLin2009cAsym_desc-sgACC_stat-z_boldmap.json",
+    "sub-01/func/sub-01_task-rest_space-MNI152NLin2009cAsym_desc-sgACC_mask.nii.gz",
+    "sub-01/func/sub-01_task-rest_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz",
+    "sub-01/tms/sub-01_space-MNI152NLin2009cAsym_targets.tsv",
+    "sub-01/tms/sub-01_space-MNI152NLin2009cAsym_targets.json",
+    "sub-01/tms/sub-01_space-T1w_targets.tsv",
+    "sub-01/tms/sub-01_space-T1w_desc-brainsight_targets.txt",
+    "sub-01/tms/sub-01_space-T1w_desc-localite_markers.xml",
+    "sub-01/tms/sub-01_space-T1w_markers.tsv",
+    "sub-01/log/config.json",
+]
+missing = [f for f in expected if not (out / f).is_file() or (out / f).stat().st_size == 0]
+assert not missing, f"missing outputs: {missing}"
+leftovers = [str(p) for p in out.rglob(".*") if p.name != ".bidsignore"]
+assert not leftovers, f"temporary files left: {leftovers}"
+for tsv, planted in (("MNI152NLin2009cAsym", truth["target_mni"]),
+                     ("T1w", truth["participants"]["01"]["target_t1w"])):
+    with open(out / f"sub-01/tms/sub-01_space-{tsv}_targets.tsv") as f:
+        row = next(r for r in csv.DictReader(f, delimiter="\t") if r["name"] == "connectivity")
+    found = [float(row[c]) for c in "xyz"]
+    distance = math.dist(found, planted)
+    print(f"  {tsv}: found {found}, planted {[round(v, 1) for v in planted]}: {distance:.1f} mm, "
+          f"z {float(row['seed_correlation_z']):.2f}")
+    # Tests hold 4 mm on 4 mm voxels; the demo's 2 mm grid is finer.
+    assert distance <= 4.0 and float(row["seed_correlation_z"]) < 0, row
+print("  outputs complete; planted target recovered in both spaces")
+EOF
+log "PASSED: $IMAGE ($(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}')) built and run read-only as uid ${RUN_USER%%:*} without network"
