@@ -156,7 +156,8 @@ assert group["StartTime"] >= max(end for _, end in spans), "the group job starte
 # The shared root: written once, complete, no temporary file of any task left.
 description = json.loads((out / "dataset_description.json").read_text())
 assert description["DatasetType"] == "derivative"
-assert (out / ".bidsignore").read_text().split() == ["sub-*/log", "sub-*/tms", "*_boldmap.*"]
+bidsignore = (out / ".bidsignore").read_text()
+assert bidsignore.endswith("\n") and {"sub-*/log", "sub-*/tms", "*_boldmap.*"} <= set(bidsignore.split())
 hidden = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".bidsignore"]
 assert not hidden, f"temporary files at the output root: {hidden}"
 for label in labels:
