@@ -196,7 +196,10 @@ expected = [
     "sub-01/tms/sub-01_space-T1w_desc-brainsight_targets.txt",
     "sub-01/tms/sub-01_space-T1w_desc-localite_markers.xml",
     "sub-01/tms/sub-01_space-T1w_markers.tsv",
+    "sub-01/func/sub-01_task-rest_space-MNI152NLin2009cAsym_desc-targetfrequency_boldmap.nii.gz",
     "sub-01/log/config.json",
+    "sub-01/log/CITATION.md",
+    "sub-01.html",
 ]
 missing = [f for f in expected if not (out / f).is_file() or (out / f).stat().st_size == 0]
 assert not missing, f"missing outputs: {missing}"
@@ -212,6 +215,9 @@ for tsv, planted in (("MNI152NLin2009cAsym", truth["target_mni"]),
           f"z {float(row['seed_correlation_z']):.2f}")
     # Tests hold 4 mm on 4 mm voxels; the demo's 2 mm grid is finer.
     assert distance <= 4.0 and float(row["seed_correlation_z"]) < 0, row
-print("  outputs complete; planted target recovered in both spaces")
+reliability = json.loads((out / "sub-01/tms/sub-01_space-MNI152NLin2009cAsym_targets.json").read_text())["Reliability"]
+assert reliability["Grade"] in ("high", "moderate", "low"), reliability
+print(f"  reliability {reliability['Grade']}: {reliability['GradeReason']}")
+print("  outputs complete (report included); planted target recovered in both spaces")
 EOF
 log "PASSED: $IMAGE ($(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}')) built and run read-only as uid ${RUN_USER%%:*} without network"
