@@ -18,7 +18,7 @@ from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from bids_app.derivatives import ParticipantDerivatives
 from workflows.combine import CombineRuns
 from workflows.landmarks import ScalpTargets
-from workflows.confounds import Denoise
+from workflows.confounds import Denoise, denoise_mem_gb
 from workflows.correlation import SeedCorrelation
 from workflows.regions import Regions
 from workflows.scalp import ScalpProjection
@@ -46,7 +46,7 @@ def init_run_wf(run, options, name):
     denoise = pe.Node(Denoise(
         bold_file=run.bold, mask_file=run.mask, t_r=run.t_r, strategy=options.confounds,
         fd_threshold=options.fd_threshold, high_pass=options.high_pass, low_pass=options.low_pass,
-        smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=4.0)
+        smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=denoise_mem_gb(run.bold))
     seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file"]),

@@ -1,17 +1,24 @@
 """Confound regression: fMRIPrep confounds through nilearn, band-pass, smoothing, censoring.
 
-The BOLD run is read once, smoothed, masked and kept as a float32 (time x voxels) array; the cleaned
-array is handed to the next nodes as an uncompressed ``.npy`` file (memory-mapped by its readers).
+The BOLD run is read once, a few volumes at a time: each chunk is smoothed (only the mask's
+bounding box) and masked into a float32 (volumes x mask voxels) array, so the 4-D image never sits
+in memory. nilearn's whole temporal cleaning is then one matrix product (:func:`cleaning_matrix`).
+The cleaned array is handed to the next nodes as an uncompressed ``.npy`` file (memory-mapped by
+its readers).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
+import time
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nilearn import masking, signal
+from nilearn import signal
+from scipy import ndimage
 from nilearn.interfaces.fmriprep import load_confounds
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -22,6 +29,134 @@ from nipype.interfaces.base import (
 )
 
 from bids_app.config import CONFOUND_STRATEGIES
+
+try:  # ISA-L decompresses gzip about twice as fast as zlib; the standard library otherwise.
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - isal is a dependency, kept optional for slim installs
+    _gzip = gzip
+
+LOGGER = logging.getLogger("tmstarget")
+
+#: Volumes read, smoothed and masked at a time: the chunk buffers stay near 100 MB at 2 mm.
+CHUNK_VOLUMES = 16
+
+#: Size of the carpet-plot sample of voxels (evenly spaced among the mask voxels).
+CARPET_VOXELS = 3000
+
+
+def _open_data(path):
+    """A binary stream of a NIfTI file, decompressed by ISA-L when gzipped."""
+    path = str(path)
+    return _gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def smoothing_sigmas(affine, fwhm):
+    """Gaussian sigma per voxel axis, in voxels, for a FWHM in mm (nilearn's conversion).
+
+    Parameters
+    ----------
+    affine : ndarray of shape (4, 4)
+        Voxel-to-world affine (mm).
+    fwhm : float
+        Full width at half maximum, mm.
+    """
+    voxel_size = np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))
+    return fwhm / (np.sqrt(8 * np.log(2)) * voxel_size)
+
+
+def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_VOLUMES):
+    """Read a 4-D BOLD run once into a float32 (volumes x mask voxels) array, smoothing on the way.
+
+    Equal, up to float32 rounding, to nilearn's ``masking.apply_mask(bold_file, mask, dtype="f",
+    smoothing_fwhm=fwhm)``, which loads and smooths the whole 4-D image (about 4 GB at 2 mm and
+    300 volumes). Here the file is decompressed as a stream (nibabel reads the header, ISA-L the
+    data) a chunk of volumes at a time, and each chunk is smoothed only inside the mask's bounding
+    box grown by the kernel radius: the masked values need nothing beyond it. Where the box meets
+    the image edge it is the edge, so scipy's "reflect" boundary (nilearn's) is kept.
+
+    Parameters
+    ----------
+    bold_file : str or Path
+        4-D NIfTI (gzipped or not).
+    mask : ndarray of bool, shape of the BOLD's first three axes
+    smoothing_fwhm : float or None
+        Gaussian FWHM in mm; ``None`` or 0 does not smooth.
+    chunk_volumes : int
+        Volumes decompressed and smoothed at a time.
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, mask.sum()), float32
+        Mask voxels in numpy C order of the mask array. Non-finite values are set to 0 before
+        smoothing (nilearn's ``ensure_finite``).
+    """
+    img = nb.load(bold_file)
+    shape = img.shape
+    mask = np.asarray(mask, dtype=bool)
+    if len(shape) != 4 or shape[:3] != mask.shape:
+        raise ValueError(f"{bold_file}: a 4-D BOLD on the grid of its brain mask {mask.shape} was "
+                         f"expected, not shape {shape}; give the mask of the same space and run")
+    n_volumes = shape[3]
+    n_voxels = int(mask.sum())
+    # nibabel's array proxy knows where the data start and how they are scaled.
+    proxy = img.dataobj
+    if getattr(proxy, "order", "F") != "F":
+        raise ValueError(f"{bold_file}: not a NIfTI image (data order {proxy.order}); give the "
+                         "fMRIPrep desc-preproc_bold.nii.gz")
+    dtype = np.dtype(proxy.dtype)
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    # NIfTI stores x fastest: in file order a volume is a C-order (z, y, x) array.
+    mask_zyx = mask.T
+    box = [slice(0, n) for n in mask_zyx.shape]
+    sigmas_zyx = None
+    if smoothing_fwhm:
+        sigmas_zyx = smoothing_sigmas(img.affine, smoothing_fwhm)[::-1]
+        if n_voxels:
+            radius = [int(4.0 * sigma + 0.5) for sigma in sigmas_zyx]  # scipy's truncate=4
+            where = np.nonzero(mask_zyx)
+            box = [slice(max(int(w.min()) - r, 0), min(int(w.max()) + 1 + r, n))
+                   for w, r, n in zip(where, radius, mask_zyx.shape)]
+    box_mask = mask_zyx[tuple(box)]
+    # Masking in file order gives the voxels in Fortran order of the mask: reorder to C order.
+    c_rank = np.zeros(mask.shape, dtype=np.int64)
+    c_rank[mask] = np.arange(n_voxels)
+    to_c_order = np.argsort(c_rank.T[mask_zyx])
+
+    out = np.empty((n_volumes, n_voxels), dtype=np.float32)
+    raw = np.empty((chunk_volumes,) + mask_zyx.shape, dtype=dtype)
+    chunk = np.empty((chunk_volumes,) + box_mask.shape, dtype=np.float32)
+    with _open_data(bold_file) as stream:
+        stream.seek(int(proxy.offset))
+        for start in range(0, n_volumes, chunk_volumes):
+            count = min(chunk_volumes, n_volumes - start)
+            _read_exactly(stream, raw[:count], bold_file)
+            block = chunk[:count]
+            block[...] = raw[(slice(0, count),) + tuple(box)]
+            if slope != 1.0:
+                block *= np.float32(slope)
+            if inter != 0.0:
+                block += np.float32(inter)
+            if dtype.kind == "f" and not np.isfinite(block).all():
+                block[~np.isfinite(block)] = 0
+            if sigmas_zyx is not None:
+                # Separable 1-D passes along x, y then z, as nilearn does (axis 3 is x here).
+                for axis, sigma in zip((3, 2, 1), sigmas_zyx[::-1]):
+                    if sigma > 0:
+                        ndimage.gaussian_filter1d(block, sigma, axis=axis, output=block)
+            out[start:start + count] = block[:, box_mask][:, to_c_order]
+    return out
+
+
+def _read_exactly(stream, array, name):
+    """Fill ``array`` from ``stream``; a truncated file is an error naming it."""
+    view = memoryview(array.reshape(-1).view(np.uint8))
+    filled = 0
+    while filled < len(view):
+        got = stream.readinto(view[filled:])
+        if not got:
+            raise ValueError(f"{name} is truncated ({filled} of {len(view)} bytes of a chunk read): "
+                             "re-run fMRIPrep or copy the file again")
+        filled += got
 
 
 def confound_regressors(bold_file, strategy_name, fd_threshold=None):
@@ -70,17 +205,103 @@ def confound_regressors(bold_file, strategy_name, fd_threshold=None):
             list(confounds.columns))
 
 
+def cleaning_matrix(n_volumes, confounds, sample_mask, t_r, high_pass=0.01, low_pass=0.1):
+    """nilearn's temporal cleaning of ``n_volumes`` volumes as one (retained x volumes) matrix.
+
+    Every step of nilearn's ``signal.clean`` before its final z-score is linear in the data:
+    censored volumes are interpolated by a cubic spline of the retained ones, then the data are
+    detrended, Butterworth band-passed, censored, and projected out of the (equally filtered,
+    Lindquist et al. 2019) confounds. With the confounds fixed, the whole chain is a matrix ``P``,
+    and ``P`` is what ``signal.clean`` returns for the identity: column ``j`` is the cleaned
+    response to a unit impulse at volume ``j``. Cleaning a (volumes x voxels) array is then one
+    matrix product, ``P @ X``, equal to ``signal.clean(X)`` up to floating-point rounding, at the
+    cost of nilearn cleaning ``n_volumes`` columns instead of every voxel.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes of the run, including the dropped ones.
+    confounds : ndarray of shape (n_volumes, n_regressors) or None
+    sample_mask : ndarray of int
+        Indices of the volumes to keep.
+    t_r : float
+        Repetition time in seconds.
+    high_pass, low_pass : float or None
+        Band-pass edges in Hz.
+
+    Returns
+    -------
+    ndarray of shape (len(sample_mask), n_volumes), float64
+    """
+    sample_mask = np.asarray(sample_mask)
+    identity = np.eye(n_volumes)
+    if sample_mask.size and np.array_equal(sample_mask, np.arange(sample_mask[0], sample_mask[-1] + 1)):
+        # Only leading/trailing volumes dropped (non-steady state): nilearn would cut them off
+        # rather than interpolate, so cut them here and skip its spline interpolation.
+        identity = identity[sample_mask]
+        confounds = None if confounds is None else np.asarray(confounds)[sample_mask]
+        sample_mask = None
+    return signal.clean(
+        identity,
+        detrend=True,
+        standardize=None,
+        confounds=confounds,
+        standardize_confounds=True,
+        sample_mask=sample_mask,
+        filter="butterworth",
+        high_pass=high_pass,
+        low_pass=low_pass,
+        t_r=t_r,
+        butterworth__copy=True,  # one vectorized filter call over all the columns
+    )
+
+
+def apply_cleaning(matrix, timeseries):
+    """Clean voxel time series with a :func:`cleaning_matrix` and z-score each voxel.
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (n_retained, n_volumes)
+        From :func:`cleaning_matrix`.
+    timeseries : ndarray of shape (n_volumes, n_voxels), float32
+        Voxel time series, any units. Modified in place (its per-voxel mean is subtracted).
+
+    Returns
+    -------
+    ndarray of shape (n_retained, n_voxels), float32
+        Each voxel with zero mean and unit sample variance, nilearn's ``zscore_sample`` (a voxel
+        whose standard deviation is below float64 eps is left unscaled).
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    # The product runs in float32: subtract each voxel's mean first, so that rounding is
+    # relative to the fluctuations (about 1 %) rather than to the baseline, and add back the
+    # matrix's response to a constant (zero whenever the cleaning detrends).
+    means = timeseries.mean(axis=0, dtype=np.float64).astype(np.float32)
+    timeseries -= means
+    cleaned = matrix.astype(np.float32) @ timeseries
+    constant_response = matrix.sum(axis=1)
+    if np.abs(constant_response).max(initial=0.0) > 1e-6:
+        cleaned += np.outer(constant_response, means).astype(np.float32)
+    # nilearn's zscore_sample, in place (signal.standardize_signal would copy the array twice).
+    cleaned -= cleaned.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = np.sqrt(np.einsum("ij,ij->j", cleaned, cleaned, dtype=np.float64)
+                  / max(cleaned.shape[0] - 1, 1))
+    std[std < np.finfo(np.float64).eps] = 1.0
+    cleaned *= (1.0 / std).astype(np.float32)
+    return cleaned
+
+
 def denoise(timeseries, confounds, sample_mask, t_r, high_pass=0.01, low_pass=0.1):
     """Regress confounds, band-pass filter, censor and standardize voxel time series.
 
     Confounds are filtered like the data (Lindquist et al. 2019) and the regression is fit on the
-    retained volumes only; censored volumes are interpolated before filtering and then removed
-    (nilearn's ``signal.clean``).
+    retained volumes only; censored volumes are interpolated before filtering and then removed:
+    nilearn's ``signal.clean``, applied as one matrix product (:func:`cleaning_matrix`).
 
     Parameters
     ----------
     timeseries : ndarray of shape (n_volumes, n_voxels)
-        Voxel time series, any units.
+        Voxel time series, any units (not modified).
     confounds : ndarray of shape (n_volumes, n_regressors) or None
     sample_mask : ndarray of int
         Indices of the volumes to keep.
@@ -95,30 +316,9 @@ def denoise(timeseries, confounds, sample_mask, t_r, high_pass=0.01, low_pass=0.
         Cleaned time series, each voxel with zero mean and unit sample variance (constant voxels
         stay zero).
     """
-    timeseries = np.asarray(timeseries, dtype=np.float32)
-    sample_mask = np.asarray(sample_mask)
-    if sample_mask.size and np.array_equal(sample_mask, np.arange(sample_mask[0], sample_mask[-1] + 1)):
-        # Only leading/trailing volumes dropped (non-steady state): nilearn would cut them off
-        # rather than interpolate, so cut them here and skip its costly spline interpolation.
-        timeseries = timeseries[sample_mask]
-        confounds = None if confounds is None else np.asarray(confounds)[sample_mask]
-        sample_mask = None
-    cleaned = signal.clean(
-        timeseries,
-        detrend=True,
-        standardize="zscore_sample",
-        confounds=confounds,
-        standardize_confounds=True,
-        sample_mask=sample_mask,
-        filter="butterworth",
-        high_pass=high_pass,
-        low_pass=low_pass,
-        t_r=t_r,
-        # nilearn filters voxel by voxel unless asked for a copy; one vectorized filter call over
-        # the whole (time x voxels) array is >10x faster for the same result.
-        butterworth__copy=True,
-    )
-    return np.asarray(cleaned, dtype=np.float32)
+    timeseries = np.array(timeseries, dtype=np.float32)  # a copy: apply_cleaning works in place
+    matrix = cleaning_matrix(timeseries.shape[0], confounds, sample_mask, t_r, high_pass, low_pass)
+    return apply_cleaning(matrix, timeseries)
 
 
 def degrees_of_freedom(n_retained, n_regressors, t_r, high_pass, low_pass):
@@ -147,29 +347,66 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
 class _DenoiseOutputSpec(TraitedSpec):
     cleaned_file = File(exists=True, desc="float32 (retained volumes x mask voxels) .npy")
     info_file = File(exists=True, desc="JSON: volumes, retained volumes, regressors, dof")
+    carpet_file = File(exists=True, desc="carpet.npz: raw and cleaned series of sampled voxels")
     n_retained = traits.Int()
 
 
+def carpet_voxels(n_mask):
+    """Indices of the carpet-plot voxels: at most :data:`CARPET_VOXELS`, evenly spaced."""
+    return np.linspace(0, n_mask - 1, min(CARPET_VOXELS, n_mask)).astype(int)
+
+
+def denoise_mem_gb(bold_file):
+    """Peak memory of :class:`Denoise` on ``bold_file``, GB, for Nipype's scheduler.
+
+    Two (volumes x mask voxels) float32 arrays (read and cleaned) plus the chunk buffers and the
+    interpreter; the brain is taken as at most 40 % of the field of view (about 21 % at 2 mm MNI).
+    """
+    shape = nb.load(bold_file).shape
+    voxels = float(np.prod(shape[:3]))
+    return 0.4 + 2 * 4 * 0.4 * voxels * (shape[3] if len(shape) > 3 else 1) / 1e9
+
+
 class Denoise(SimpleInterface):
-    """Smooth, mask, regress confounds, band-pass and censor one BOLD run."""
+    """Read (once), smooth, mask, regress confounds, band-pass and censor one BOLD run."""
 
     input_spec = _DenoiseInputSpec
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
         inputs = self.inputs
+        out = Path(runtime.cwd)
+        timings = {}
+        clock = time.perf_counter()
+
+        def lap(stage):
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round(now - clock, 3)
+            clock = now
+
         fd = inputs.fd_threshold if isinstance(inputs.fd_threshold, float) else None
         confounds, sample_mask, names = confound_regressors(inputs.bold_file, inputs.strategy, fd)
-        timeseries = masking.apply_mask(inputs.bold_file, inputs.mask_file, dtype="f",
-                                        smoothing_fwhm=inputs.smoothing_fwhm or None)
-        cleaned = denoise(timeseries, confounds, sample_mask, inputs.t_r,
-                          inputs.high_pass, inputs.low_pass)
-        out = Path(runtime.cwd)
+        mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
+        lap("confounds")
+        timeseries = read_masked_bold(inputs.bold_file, mask, inputs.smoothing_fwhm or None)
+        lap("read_smooth_mask")
+        # check_timeseries(timeseries, inputs.bold_file) is called here (robustness, issue 7).
+        n_volumes = timeseries.shape[0]
+        voxels = carpet_voxels(timeseries.shape[1])
+        raw_carpet = timeseries[:, voxels]
+        matrix = cleaning_matrix(n_volumes, confounds, sample_mask, inputs.t_r,
+                                 inputs.high_pass, inputs.low_pass)
+        cleaned = apply_cleaning(matrix, timeseries)
+        del timeseries
+        lap("clean")
         np.save(out / "cleaned.npy", cleaned)
+        np.savez(out / "carpet.npz", raw=raw_carpet, cleaned=cleaned[:, voxels],
+                 retained=np.asarray(sample_mask, dtype=int), voxels=voxels)
         info = {
             "BoldFile": inputs.bold_file,
             "RepetitionTime": inputs.t_r,
-            "Volumes": int(timeseries.shape[0]),
+            "Volumes": int(n_volumes),
             "RetainedVolumes": int(len(sample_mask)),
             "RetainedTime_s": float(len(sample_mask) * inputs.t_r),
             "Regressors": names,
@@ -177,7 +414,12 @@ class Denoise(SimpleInterface):
                                                    inputs.high_pass, inputs.low_pass),
         }
         (out / "denoise.json").write_text(json.dumps(info, indent=2))
+        lap("write")
+        # Stage timings for benchmarks/, kept out of the derivatives (they vary run to run).
+        (out / "timings.json").write_text(json.dumps(timings))
+        LOGGER.debug("denoise %s: %s", Path(inputs.bold_file).name, timings)
         self._results.update(cleaned_file=str(out / "cleaned.npy"),
                              info_file=str(out / "denoise.json"),
+                             carpet_file=str(out / "carpet.npz"),
                              n_retained=len(sample_mask))
         return runtime
