@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from bids_app.config import CONFOUND_STRATEGIES
 
 try:  # ISA-L decompresses gzip about twice as fast as zlib; the standard library otherwise.
     from isal import igzip as _gzip
+    from isal import igzip_threaded as _gzip_threaded
 except ImportError:  # pragma: no cover - isal is a dependency, kept optional for slim installs
-    _gzip = gzip
+    _gzip, _gzip_threaded = gzip, None
 
 LOGGER = logging.getLogger("tmstarget")
 
@@ -44,10 +46,26 @@ CHUNK_VOLUMES = 16
 CARPET_VOXELS = 3000
 
 
-def _open_data(path):
-    """A binary stream of a NIfTI file, decompressed by ISA-L when gzipped."""
+def _open_data(path, threads=1):
+    """A binary stream of a NIfTI file, decompressed by ISA-L when gzipped.
+
+    With ``threads`` > 1 the decompression runs in a background thread (ISA-L releases the GIL),
+    overlapping the smoothing of the previous chunk.
+    """
     path = str(path)
-    return _gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    if not path.endswith(".gz"):
+        return open(path, "rb")
+    if threads > 1 and _gzip_threaded is not None:
+        return _gzip_threaded.open(path, "rb", threads=1)
+    return _gzip.open(path, "rb")
+
+
+def thread_budget():
+    """Threads this process may use: ``--omp-nthreads``, which the CLI sets as OMP_NUM_THREADS."""
+    try:
+        return max(int(os.environ.get("OMP_NUM_THREADS", "1")), 1)
+    except ValueError:
+        return 1
 
 
 def smoothing_sigmas(affine, fwhm):
@@ -64,7 +82,7 @@ def smoothing_sigmas(affine, fwhm):
     return fwhm / (np.sqrt(8 * np.log(2)) * voxel_size)
 
 
-def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_VOLUMES):
+def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_VOLUMES, threads=1):
     """Read a 4-D BOLD run once into a float32 (volumes x mask voxels) array, smoothing on the way.
 
     Equal, up to float32 rounding, to nilearn's ``masking.apply_mask(bold_file, mask, dtype="f",
@@ -83,6 +101,8 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
         Gaussian FWHM in mm; ``None`` or 0 does not smooth.
     chunk_volumes : int
         Volumes decompressed and smoothed at a time.
+    threads : int
+        With 2 or more, decompress in a background thread.
 
     Returns
     -------
@@ -117,16 +137,17 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
             box = [slice(max(int(w.min()) - r, 0), min(int(w.max()) + 1 + r, n))
                    for w, r, n in zip(where, radius, mask_zyx.shape)]
     box_mask = mask_zyx[tuple(box)]
-    # Masking in file order gives the voxels in Fortran order of the mask: reorder to C order.
+    # Masking in file order gives the voxels in Fortran order of the mask: the flat positions in
+    # the box, reordered to the C order of the mask, make masking one gather (np.take).
     c_rank = np.zeros(mask.shape, dtype=np.int64)
     c_rank[mask] = np.arange(n_voxels)
-    to_c_order = np.argsort(c_rank.T[mask_zyx])
+    gather = np.flatnonzero(box_mask)[np.argsort(c_rank.T[mask_zyx])]
 
     out = np.empty((n_volumes, n_voxels), dtype=np.float32)
     raw = np.empty((chunk_volumes,) + mask_zyx.shape, dtype=dtype)
     chunk = np.empty((chunk_volumes,) + box_mask.shape, dtype=np.float32)
-    with _open_data(bold_file) as stream:
-        stream.seek(int(proxy.offset))
+    with _open_data(bold_file, threads) as stream:
+        _read_exactly(stream, np.empty(int(proxy.offset), dtype=np.uint8), bold_file)  # header
         for start in range(0, n_volumes, chunk_volumes):
             count = min(chunk_volumes, n_volumes - start)
             _read_exactly(stream, raw[:count], bold_file)
@@ -143,7 +164,7 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
                 for axis, sigma in zip((3, 2, 1), sigmas_zyx[::-1]):
                     if sigma > 0:
                         ndimage.gaussian_filter1d(block, sigma, axis=axis, output=block)
-            out[start:start + count] = block[:, box_mask][:, to_c_order]
+            np.take(block.reshape(count, -1), gather, axis=1, out=out[start:start + count])
     return out
 
 
@@ -389,7 +410,8 @@ class Denoise(SimpleInterface):
         confounds, sample_mask, names = confound_regressors(inputs.bold_file, inputs.strategy, fd)
         mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
         lap("confounds")
-        timeseries = read_masked_bold(inputs.bold_file, mask, inputs.smoothing_fwhm or None)
+        timeseries = read_masked_bold(inputs.bold_file, mask, inputs.smoothing_fwhm or None,
+                                      threads=thread_budget())
         lap("read_smooth_mask")
         # check_timeseries(timeseries, inputs.bold_file) is called here (robustness, issue 7).
         n_volumes = timeseries.shape[0]
