@@ -63,11 +63,17 @@ def machine():
 
 
 def measure(command, env=None, cwd=None):
-    """Run ``command`` in a fresh process; return (wall seconds, peak RSS of its tree in MB, output).
+    """Run ``command`` in a fresh process; return (wall s, peak RSS of its tree in MB, output, CPU s).
+
+    CPU seconds (user + system of the whole tree, from ``getrusage``) are less sensitive than
+    wall time to other work on a shared machine.
 
     The RSS of the process and all its descendants is summed every 50 ms with psutil (without
     psutil: the largest single child's peak from ``getrusage``, which misses parallel children).
     """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=cwd)
@@ -93,12 +99,13 @@ def measure(command, env=None, cwd=None):
     wall = time.perf_counter() - start
     if sampler is not None:
         sampler.join()
-    else:
-        import resource
-        peak[0] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if sampler is None:
+        peak[0] = after.ru_maxrss * 1024
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(map(str, command))} failed ({proc.returncode}):\n{output[-3000:]}")
-    return wall, peak[0] / 2**20, output
+    return wall, peak[0] / 2**20, output, cpu
 
 
 def make_dataset(root, n_runs, n_volumes):
@@ -149,9 +156,9 @@ def run_tmstarget(data, scratch, flags, label):
     out, work = scratch / f"out_{label}", scratch / f"work_{label}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    wall, rss, _ = measure([sys.executable, "-m", "bids_app.cli", str(data), str(out), "participant",
-                            "-w", str(work), *flags], cwd=REPO)
-    return wall, rss, out, work
+    wall, rss, _, cpu = measure([sys.executable, "-m", "bids_app.cli", str(data), str(out),
+                                 "participant", "-w", str(work), *flags], cwd=REPO)
+    return wall, rss, out, work, cpu
 
 
 def main(argv=None):
@@ -181,31 +188,33 @@ def main(argv=None):
         print(f"\n## {n_runs} run(s) x {n_volumes} volumes (2 mm, TR 2 s)", flush=True)
         data, truth = make_dataset(args.data_dir, n_runs, n_volumes)
         bolds = sorted(str(p) for p in data.rglob(f"*space-{SPACE}_desc-preproc_bold.nii.gz"))
-        floor, floor_rss, _ = measure([sys.executable, "-c", FLOOR, *bolds])
+        floor, floor_rss, _, floor_cpu = measure([sys.executable, "-c", FLOOR, *bolds])
         array_mb = max(np.prod(__import__("nibabel").load(b).shape) * 4 for b in bolds) / 2**20
         scratch = args.data_dir / f"runs_{label}"
         scratch.mkdir(exist_ok=True)
         no_report = ["--no-report"] if has_no_report else []
-        wall, rss, out, work = run_tmstarget(data, scratch, [*args.flags, *no_report], "noreport")
+        wall, rss, out, work, cpu = run_tmstarget(data, scratch, [*args.flags, *no_report], "noreport")
         stages = stage_times(work)
         error = target_error(out, truth)
-        wall_r, rss_r, _, _ = run_tmstarget(data, scratch, args.flags, "report")
+        wall_r, rss_r, _, _, cpu_r = run_tmstarget(data, scratch, args.flags, "report")
         budget = 1.5 * array_mb + 500
-        print(f"floor (nibabel float32 read)   {floor:7.1f} s  {floor_rss:7.0f} MB")
-        print(f"participant, no report         {wall:7.1f} s  {rss:7.0f} MB   {wall / floor:4.2f} x floor"
-              f"  (goal <= 2.0; memory goal <= {budget:.0f} MB)")
-        print(f"participant, with report       {wall_r:7.1f} s  {rss_r:7.0f} MB   {wall_r / floor:4.2f} x floor"
-              f"  (report +{100 * (wall_r - wall) / wall:.0f} %, goal <= 30 %)")
+        print(f"{'':31s}{'wall':>9s} {'CPU':>8s} {'peak RSS':>10s}  wall/floor CPU/floor")
+        print(f"floor (nibabel float32 read)   {floor:7.1f} s {floor_cpu:6.1f} s {floor_rss:7.0f} MB")
+        print(f"participant, no report         {wall:7.1f} s {cpu:6.1f} s {rss:7.0f} MB  {wall / floor:6.2f}x "
+              f"{cpu / floor_cpu:6.2f}x  (goal <= 2; memory goal <= {budget:.0f} MB)")
+        print(f"participant, with report       {wall_r:7.1f} s {cpu_r:6.1f} s {rss_r:7.0f} MB  {wall_r / floor:6.2f}x "
+              f"{cpu_r / floor_cpu:6.2f}x  (report {100 * (wall_r - wall) / wall:+.0f} % wall, "
+              f"{100 * (cpu_r - cpu) / cpu:+.0f} % CPU; goal <= +30 %)")
         print(f"target error vs planted        {error:7.1f} mm")
         print("stages (s):")
         for name, seconds in sorted(stages.items(), key=lambda kv: (kv[0].strip().split(".")[0], kv[0])):
             if seconds >= 0.05:
                 print(f"  {name:30s} {seconds:7.2f}")
         print(f"  {'startup, pybids, Nipype':30s} {wall - sum(v for k, v in stages.items() if not k.startswith(' ')):7.2f}")
-        row = dict(size=label, floor=floor, floor_rss=floor_rss, wall=wall, rss=rss, wall_r=wall_r,
-                   rss_r=rss_r, array_mb=array_mb, error=error)
+        row = dict(size=label, floor=floor, floor_rss=floor_rss, floor_cpu=floor_cpu, wall=wall, rss=rss,
+                   cpu=cpu, wall_r=wall_r, rss_r=rss_r, cpu_r=cpu_r, array_mb=array_mb, error=error)
         if args.baselines == "all" or (args.baselines == "first" and index == 0):
-            t, m, output = measure([sys.executable, str(HERE / "nilearn_baseline.py"), str(data)])
+            t, m, output, _ = measure([sys.executable, str(HERE / "nilearn_baseline.py"), str(data)])
             found = [line for line in output.splitlines() if line.startswith("target_mni")]
             nilearn_error = (np.linalg.norm(np.array(found[-1].split()[1:], float) - truth["target_mni"])
                              if found else float("nan"))
@@ -215,24 +224,29 @@ def main(argv=None):
             row.update(contarg_time(args.contarg, data, scratch, floor))
         rows.append(row)
         if n_runs == 1:
-            scaling.append((n_volumes, wall))
+            scaling.append((n_volumes, wall, cpu))
 
     print("\n## summary (the README table)")
-    print("| participant | floor | tmstarget, no report | with report | peak RSS | memory goal | nilearn script | ConTarg |")
+    print("| participant | floor: wall, CPU, RSS | tmstarget no report: wall (x floor), CPU (x floor) "
+          "| with report: wall, CPU | peak RSS (goal) | target error | nilearn script | ConTarg |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        nil = f"{r['nilearn']:.0f} s ({r['nilearn'] / r['floor']:.1f}x), {r['nilearn_rss']:.0f} MB" if "nilearn" in r else "-"
-        con = r.get("contarg", "-")
-        print(f"| {r['size']} vols | {r['floor']:.1f} s, {r['floor_rss']:.0f} MB | {r['wall']:.1f} s "
-              f"({r['wall'] / r['floor']:.2f}x) | {r['wall_r']:.1f} s ({r['wall_r'] / r['floor']:.2f}x) | "
-              f"{r['rss']:.0f} MB | {1.5 * r['array_mb'] + 500:.0f} MB | {nil} | {con} |")
+        nil = (f"{r['nilearn']:.0f} s ({r['nilearn'] / r['floor']:.1f}x), {r['nilearn_rss']:.0f} MB"
+               if "nilearn" in r else "-")
+        print(f"| {r['size']} vols | {r['floor']:.1f} s, {r['floor_cpu']:.1f} s, {r['floor_rss']:.0f} MB "
+              f"| {r['wall']:.1f} s ({r['wall'] / r['floor']:.2f}x), {r['cpu']:.1f} s "
+              f"({r['cpu'] / r['floor_cpu']:.2f}x) | {r['wall_r']:.1f} s, {r['cpu_r']:.1f} s "
+              f"| {r['rss']:.0f} MB ({1.5 * r['array_mb'] + 500:.0f} MB) | {r['error']:.1f} mm "
+              f"| {nil} | {r.get('contarg', '-')} |")
     if len(scaling) > 1:
         print("\nscaling with volumes (1 run): " + ", ".join(
-            f"{v} vols {t:.1f} s ({1000 * t / v:.0f} ms/vol)" for v, t in sorted(scaling)))
+            f"{v} vols {t:.1f} s wall, {c:.1f} s CPU ({1000 * c / v:.0f} ms CPU/vol)"
+            for v, t, c in sorted(scaling)))
     by_size = {r["size"]: r for r in rows}
     if "1x600" in by_size and "2x600" in by_size:
-        print(f"scaling with runs (600 vols): 1 run {by_size['1x600']['wall']:.1f} s, 2 runs "
-              f"{by_size['2x600']['wall']:.1f} s ({by_size['2x600']['wall'] / by_size['1x600']['wall']:.2f}x)")
+        one, two = by_size["1x600"], by_size["2x600"]
+        print(f"scaling with runs (600 vols): 1 run {one['wall']:.1f} s wall, {one['cpu']:.1f} s CPU; "
+              f"2 runs {two['wall']:.1f} s wall, {two['cpu']:.1f} s CPU ({two['cpu'] / one['cpu']:.2f}x CPU)")
     return 0
 
 
@@ -255,7 +269,7 @@ def contarg_time(contarg, data, scratch, floor):
     raw.mkdir(exist_ok=True)
     (raw / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.8.0"}')
     try:
-        t, m, _ = measure([contarg, "hierarchical", "run", "--bids-dir", str(raw), "--derivatives-dir",
+        t, m, _, _ = measure([contarg, "hierarchical", "run", "--bids-dir", str(raw), "--derivatives-dir",
                            str(data.parent), "--database-file", str(scratch / "contarg_db"),
                            "--space", "T1w", "--smoothing-fwhm", "6", "--ndummy", "3", "--tr", "2",
                            "--subject", "01", "--stimroi-name", "DLPFCspheres", "--refroi-name",

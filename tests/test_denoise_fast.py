@@ -47,6 +47,9 @@ def test_read_masked_bold_equals_nilearn_apply_mask(tmp_path, touch_edge, name, 
         ours = read_masked_bold(path, mask, fwhm, chunk_volumes=5)
         assert ours.shape == reference.shape and ours.dtype == np.float32
         np.testing.assert_allclose(ours, reference, rtol=2e-6, atol=1e-3)
+        # decompressing in a background thread reads the same bytes
+        np.testing.assert_array_equal(read_masked_bold(path, mask, fwhm, chunk_volumes=5, threads=2),
+                                      ours)
     if slope is None:
         # without smoothing the values are the file's, exactly
         np.testing.assert_array_equal(read_masked_bold(path, mask), np.asanyarray(
