@@ -46,7 +46,9 @@ def init_run_wf(run, options, name):
     denoise = pe.Node(Denoise(
         bold_file=run.bold, mask_file=run.mask, t_r=run.t_r, strategy=options.confounds,
         fd_threshold=options.fd_threshold, high_pass=options.high_pass, low_pass=options.low_pass,
-        smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=denoise_mem_gb(run.bold))
+        smoothing_fwhm=options.smoothing_fwhm), name="denoise",
+        # the scheduler's estimate, so that --nprocs with --mem-gb never overcommits memory
+        mem_gb=denoise_mem_gb(run.bold, run.mask))
     seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=["z_file", "mask_file", "info_file"]),

@@ -377,15 +377,16 @@ def carpet_voxels(n_mask):
     return np.linspace(0, n_mask - 1, min(CARPET_VOXELS, n_mask)).astype(int)
 
 
-def denoise_mem_gb(bold_file):
+def denoise_mem_gb(bold_file, mask_file):
     """Peak memory of :class:`Denoise` on ``bold_file``, GB, for Nipype's scheduler.
 
-    Two (volumes x mask voxels) float32 arrays (read and cleaned) plus the chunk buffers and the
-    interpreter; the brain is taken as at most 40 % of the field of view (about 21 % at 2 mm MNI).
+    Two (volumes x mask voxels) float32 arrays (read, then cleaned), 10 % for the cleaning's
+    temporaries, and 0.4 GB for the chunk buffers and the interpreter (measured: 0.8 GB in all
+    for 300 volumes of 235 840 voxels).
     """
-    shape = nb.load(bold_file).shape
-    voxels = float(np.prod(shape[:3]))
-    return 0.4 + 2 * 4 * 0.4 * voxels * (shape[3] if len(shape) > 3 else 1) / 1e9
+    n_volumes = nb.load(bold_file).shape[-1]
+    n_voxels = int(np.count_nonzero(np.asanyarray(nb.load(mask_file).dataobj)))
+    return 0.4 + 1.1 * 2 * 4 * n_volumes * n_voxels / 1e9
 
 
 class Denoise(SimpleInterface):
