@@ -19,7 +19,6 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 from nilearn import signal
-from scipy import ndimage
 from nilearn.interfaces.fmriprep import load_confounds
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -28,6 +27,7 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+from scipy import ndimage
 
 from bids_app.config import CONFOUND_STRATEGIES
 
