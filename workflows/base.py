@@ -21,7 +21,7 @@ from bids_app.derivatives import ParticipantDerivatives
 from bids_app.reports import ParticipantReport
 from workflows.combine import CombineRuns
 from workflows.landmarks import ScalpTargets
-from workflows.confounds import Denoise
+from workflows.confounds import Denoise, denoise_mem_gb
 from workflows.correlation import SeedCorrelation
 from workflows.regions import Regions
 from workflows.reliability import TargetReliability
@@ -64,7 +64,9 @@ def init_run_wf(run, options, name):
     denoise = pe.Node(Denoise(
         bold_file=run.bold, mask_file=run.mask, t_r=run.t_r, strategy=options.confounds,
         fd_threshold=options.fd_threshold, high_pass=options.high_pass, low_pass=options.low_pass,
-        smoothing_fwhm=options.smoothing_fwhm), name="denoise", mem_gb=4.0)
+        smoothing_fwhm=options.smoothing_fwhm), name="denoise",
+        # the scheduler's estimate, so that --nprocs with --mem-gb never overcommits memory
+        mem_gb=denoise_mem_gb(run.bold, run.mask))
     seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=RUN_OUTPUTS), name="outputnode")

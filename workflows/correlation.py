@@ -33,7 +33,10 @@ def seed_correlation(timeseries, seed):
     n_volumes = len(seed)
     seed_centred = seed - seed.mean()
     seed_norm = np.linalg.norm(seed_centred)
-    numerator = timeseries.T.astype(np.float64, copy=False) @ seed_centred
+    # One matrix-vector product in the array's own precision (a float64 copy of a float32
+    # array would double the memory); the result is accumulated in float64 below.
+    dtype = timeseries.dtype if timeseries.dtype.kind == "f" else np.float64
+    numerator = (seed_centred.astype(dtype) @ timeseries).astype(np.float64)
     means = timeseries.mean(axis=0, dtype=np.float64)
     sum_squares = np.einsum("ij,ij->j", timeseries, timeseries, dtype=np.float64)
     voxel_norm = np.sqrt(np.clip(sum_squares - n_volumes * means**2, 0.0, None))

@@ -1,0 +1,113 @@
+"""The fast Denoise (chunked read + bounding-box smoothing + cleaning matrix) equals nilearn's route."""
+
+import gzip
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+from nilearn import masking, signal
+
+from workflows.confounds import (Denoise, carpet_voxels, cleaning_matrix, confound_regressors,
+                                 read_masked_bold)
+
+
+def _bold(tmp_path, name, shape=(21, 24, 19, 37), slope=None, dtype=np.int16, seed=0):
+    rng = np.random.default_rng(seed)
+    data = (800 + 60 * rng.normal(size=shape)).astype(dtype)
+    affine = np.diag([2.5, 3.0, 2.0, 1.0])  # anisotropic voxels: one sigma per axis
+    affine[:3, 3] = [-20, -30, -10]
+    img = nb.Nifti1Image(data, affine)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 5.0)
+    path = tmp_path / name
+    img.to_filename(path)
+    return path, affine
+
+
+def _mask(shape, touch_edge):
+    mask = np.zeros(shape, dtype=bool)
+    if touch_edge:
+        mask[:8, 3:20, 10:] = True   # at the image edge on two axes
+    else:
+        mask[7:13, 9:15, 8:12] = True  # far from every edge
+    mask[10, 12, 9] = False
+    return mask
+
+
+@pytest.mark.parametrize("touch_edge", [False, True])
+@pytest.mark.parametrize("name,slope", [("bold.nii.gz", None), ("bold.nii", 0.5)])
+def test_read_masked_bold_equals_nilearn_apply_mask(tmp_path, touch_edge, name, slope):
+    path, affine = _bold(tmp_path, name, slope=slope)
+    mask = _mask(nb.load(path).shape[:3], touch_edge)
+    mask_img = nb.Nifti1Image(mask.astype(np.uint8), affine)
+    for fwhm in (None, 6.0):
+        reference = masking.apply_mask(str(path), mask_img, dtype="f", smoothing_fwhm=fwhm)
+        # chunks of 5 volumes: the last chunk is partial
+        ours = read_masked_bold(path, mask, fwhm, chunk_volumes=5)
+        assert ours.shape == reference.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, reference, rtol=2e-6, atol=1e-3)
+        # decompressing in a background thread reads the same bytes
+        np.testing.assert_array_equal(read_masked_bold(path, mask, fwhm, chunk_volumes=5, threads=2),
+                                      ours)
+    if slope is None:
+        # without smoothing the values are the file's, exactly
+        np.testing.assert_array_equal(read_masked_bold(path, mask), np.asanyarray(
+            nb.load(path).dataobj)[mask].T)
+
+
+def test_read_masked_bold_refuses_truncated_file_and_wrong_mask(tmp_path):
+    path, _ = _bold(tmp_path, "bold.nii.gz")
+    mask = _mask(nb.load(path).shape[:3], False)
+    whole = gzip.decompress(path.read_bytes())
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(gzip.compress(whole[: len(whole) // 2]))
+    with pytest.raises(ValueError, match="cut.nii.gz is truncated"):
+        read_masked_bold(truncated, mask)
+    with pytest.raises(ValueError, match="grid of its brain mask"):
+        read_masked_bold(path, mask[:-1])
+
+
+def test_cleaning_matrix_is_nilearn_clean_of_the_identity_and_linear():
+    rng = np.random.default_rng(4)
+    n = 120
+    data = rng.normal(size=(n, 30)).cumsum(axis=0) + 500
+    confounds = rng.normal(size=(n, 5))
+    keep = np.setdiff1d(np.arange(3, n), [40, 41, 42, 43, 44, 90])  # interior censoring
+    matrix = cleaning_matrix(n, confounds, keep, 2.0)
+    assert matrix.shape == (len(keep), n)
+    reference = signal.clean(data.copy(), detrend=True, standardize=None, confounds=confounds,
+                             standardize_confounds=True, sample_mask=keep, filter="butterworth",
+                             high_pass=0.01, low_pass=0.1, t_r=2.0)
+    np.testing.assert_allclose(matrix @ data, reference, atol=1e-8 * np.abs(data).max())
+    # detrending annihilates a constant baseline
+    np.testing.assert_allclose(matrix.sum(axis=1), 0, atol=1e-9)
+
+
+def test_denoise_node_equals_the_plain_nilearn_pipeline(one_run_dataset, tmp_path):
+    """The node's cleaned array is nilearn's apply_mask + signal.clean, and the carpet matches it."""
+    root, _ = one_run_dataset
+    bold = next(root.glob("sub-01/func/*space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"))
+    mask_file = next(root.glob("sub-01/func/*space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"))
+    node = Denoise(bold_file=str(bold), mask_file=str(mask_file), t_r=2.0, fd_threshold=0.5,
+                   smoothing_fwhm=6.0)
+    result = node.run(cwd=str(tmp_path))
+    cleaned = np.load(result.outputs.cleaned_file)
+
+    confounds, keep, _ = confound_regressors(str(bold), "gsr", 0.5)
+    timeseries = masking.apply_mask(str(bold), str(mask_file), dtype="f", smoothing_fwhm=6.0)
+    reference = signal.clean(timeseries, detrend=True, standardize="zscore_sample",
+                             confounds=confounds, standardize_confounds=True, sample_mask=keep,
+                             filter="butterworth", high_pass=0.01, low_pass=0.1, t_r=2.0)
+    assert cleaned.dtype == np.float32 and cleaned.shape == reference.shape
+    np.testing.assert_allclose(cleaned, reference, atol=2e-4)
+
+    info = json.loads(open(result.outputs.info_file).read())
+    assert info["Volumes"] == timeseries.shape[0] and info["RetainedVolumes"] == len(keep)
+    carpet = np.load(result.outputs.carpet_file)
+    voxels = carpet_voxels(timeseries.shape[1])
+    np.testing.assert_array_equal(carpet["voxels"], voxels)
+    np.testing.assert_array_equal(carpet["retained"], keep)
+    np.testing.assert_allclose(carpet["raw"], timeseries[:, voxels], rtol=1e-5, atol=1e-2)
+    np.testing.assert_array_equal(carpet["cleaned"], cleaned[:, voxels])
+    assert carpet["raw"].dtype == np.float32 and carpet["cleaned"].dtype == np.float32
