@@ -363,6 +363,12 @@ def main(argv=None):
     # Set before numpy's BLAS starts its threads (numerical modules are imported below).
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(args.omp_nthreads)
+    # ... and for a BLAS already running (tmstarget called from Python after numpy was imported):
+    # the thread count changes the rounding of matrix products, so the same --omp-nthreads must
+    # give the same bytes however tmstarget is started.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.omp_nthreads)
     try:
         check_paths(args)
         return _run(args, resolve_options(args))
@@ -429,6 +435,9 @@ def _run(args, options):
     work_dir = (args.work_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "tmstarget_work").resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     _configure_nipype(work_dir, args.verbose)
+    # matplotlib (the reports) keeps a font cache in $HOME unless told otherwise: nothing is
+    # written outside the output, work and temporary folders.
+    os.environ.setdefault("MPLCONFIGDIR", str(work_dir / "matplotlib"))
 
     collected = []
     for subject in subjects:

@@ -28,6 +28,9 @@ from workflows.transforms import AXIS_COLUMNS, orthonormal_frame
 
 BIDS_VERSION = "1.9.0"
 
+#: ``.bidsignore`` of the derivatives: what is not (yet) in the BIDS specification.
+BIDSIGNORE = ("sub-*/log", "sub-*/tms", "*_boldmap.*", "*.html", "sub-*/figures", "group")
+
 TARGET_COLUMNS = {
     "name": "Which target: 'connectivity' is the personalized, seed-anticorrelated site; "
     "'F3_1020', 'F3_beam' and '5cm' are the scalp-based comparators built on this head; "
@@ -127,8 +130,7 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
     # stat-<label>_boldmap names of the statistical-derivatives BEP (as XCP-D writes them); the
     # reports (sub-<label>.html, their figures, the group level's group.html and group/ tables).
-    write_text(Path(output_dir) / ".bidsignore",
-               "sub-*/log\nsub-*/tms\n*_boldmap.*\n*.html\nsub-*/figures\ngroup\n", once=True)
+    write_text(Path(output_dir) / ".bidsignore", "".join(f"{line}\n" for line in BIDSIGNORE), once=True)
     return path
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # noqa: E402  (headless: the report is drawn in a Nipype node)
+# Reproducible SVG: fixed element ids instead of random ones (the date is dropped in _save).
+matplotlib.rcParams["svg.hashsalt"] = "tmstarget"
 
 import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
@@ -77,7 +79,8 @@ def _save(fig, path):
     Figures are laid out when created (``layout="constrained"``): ``bbox_inches="tight"`` would draw
     them twice, which doubles the cost of the 3-D head.
     """
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
+    metadata = {"Date": None} if str(path).endswith(".svg") else None
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, metadata=metadata))
     plt.close(fig)
     return Path(path)
 

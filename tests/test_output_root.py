@@ -6,10 +6,9 @@ import os
 
 import pytest
 
-from bids_app.derivatives import atomic_write, write_dataset_description
+from bids_app.derivatives import BIDSIGNORE, atomic_write, write_dataset_description
 
 WRITERS = 6
-BIDSIGNORE = ["sub-*/log", "sub-*/tms", "*_boldmap.*"]
 
 
 def _participant(output_dir, source_dir, barrier, reads):
@@ -37,7 +36,7 @@ def test_concurrent_participants_write_the_root_files_once(tmp_path):
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["SourceDatasets"] == [{"URL": source.resolve().as_uri(), "Version": "23.2.0"}]
-    assert (out / ".bidsignore").read_text().split() == BIDSIGNORE
+    assert (out / ".bidsignore").read_text().split() == list(BIDSIGNORE)
     # No temporary file of any writer is left beside them.
     assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "dataset_description.json"]
 
@@ -53,7 +52,7 @@ def test_root_files_are_never_replaced_and_a_missing_one_is_completed(tmp_path):
     write_dataset_description(out, source, "other version")
     assert (out / "dataset_description.json").stat().st_ino == first
     assert "Version" not in json.loads((out / "dataset_description.json").read_text())["SourceDatasets"][0]
-    assert (out / ".bidsignore").read_text().split() == BIDSIGNORE
+    assert (out / ".bidsignore").read_text().split() == list(BIDSIGNORE)
 
 
 def test_write_once_without_hard_links(tmp_path, monkeypatch):
