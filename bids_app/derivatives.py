@@ -233,12 +233,17 @@ def write_nifti(path, source_file, dtype):
     return atomic_write(path, out.to_filename)
 
 
-class _SinkInputSpec(BaseInterfaceInputSpec):
+class ParticipantOutputsInputSpec(BaseInterfaceInputSpec):
+    """What names a participant's outputs (:func:`participant_paths`): the sink's and the report's."""
+
     output_dir = Directory(mandatory=True)
     subject = traits.Str(mandatory=True)
     space = traits.Str(mandatory=True)
     task = traits.Str(mandatory=True)
     seed_name = traits.Str(mandatory=True)
+
+
+class _SinkInputSpec(ParticipantOutputsInputSpec):
     z_file = File(exists=True, mandatory=True)
     seed_file = File(exists=True, mandatory=True)
     search_file = File(exists=True, mandatory=True)

@@ -35,8 +35,6 @@ import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from nipype.interfaces.base import (  # noqa: E402
-    BaseInterfaceInputSpec,
-    Directory,
     File,
     InputMultiObject,
     SimpleInterface,
@@ -47,7 +45,14 @@ from nipype.interfaces.base import (  # noqa: E402
 
 from bids_app import __version__  # noqa: E402
 from bids_app.config import REFERENCES  # noqa: E402
-from bids_app.derivatives import atomic_write, participant_paths, sidecar, targets_path, write_text  # noqa: E402
+from bids_app.derivatives import (  # noqa: E402
+    ParticipantOutputsInputSpec,
+    atomic_write,
+    participant_paths,
+    sidecar,
+    targets_path,
+    write_text,
+)
 
 #: Software whose version the report lists (the libraries that compute or read something).
 SOFTWARE = ("tmstarget", "nipype", "nilearn", "nibabel", "numpy", "scipy", "pybids", "nitransforms",
@@ -753,12 +758,7 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     return [report, citation, *figures_written]
 
 
-class _ReportInputSpec(BaseInterfaceInputSpec):
-    output_dir = Directory(mandatory=True)
-    subject = traits.Str(mandatory=True)
-    space = traits.Str(mandatory=True)
-    task = traits.Str(mandatory=True)
-    seed_name = traits.Str(mandatory=True)
+class _ReportInputSpec(ParticipantOutputsInputSpec):
     derivatives = traits.List(File(exists=True), mandatory=True,
                               desc="the files the sink wrote (the report waits for them)")
     info_files = InputMultiObject(File(exists=True), mandatory=True, desc="Denoise info JSON per run")

@@ -1,8 +1,6 @@
 """The participant pipeline end to end on synthetic fMRIPrep derivatives with a planted target."""
 
 import json
-import os
-from pathlib import Path
 
 import nibabel as nb
 import numpy as np
