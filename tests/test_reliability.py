@@ -66,6 +66,22 @@ def test_grades_follow_the_limits():
     assert "more" in grade_reliability(30.0, 40.0)[1]
 
 
+def test_summary_is_valid_json_when_a_map_has_no_variance():
+    """A region without signal (a constant map) has no defined map correlation: null, not NaN
+    (NaN is not JSON and would break the sidecar)."""
+    from workflows.reliability import target_reliability
+
+    region = np.zeros((6, 6, 6), dtype=bool)
+    region[1:5, 1:5, 1:5] = True
+    n = int(region.sum())
+    seed = np.random.default_rng(0).normal(size=40)
+    summary, frequency = target_reliability([(np.zeros((40, n), np.float32), seed, np.ones(n, bool))],
+                                            region, np.eye(4), [1, 1, 1], "peak", 10.0, n_samples=20)
+    assert summary["SplitHalf"]["MapCorrelation"] is None
+    json.dumps(summary, allow_nan=False)
+    assert frequency.sum() == pytest.approx(1.0)
+
+
 def _blob(shape, center, radius):
     ijk = np.indices(shape).reshape(3, -1).T
     return (np.linalg.norm(ijk - center, axis=1) <= radius).reshape(shape)

@@ -204,6 +204,11 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
     return np.array(xyz), np.array(chosen)
 
 
+def _rounded(value, digits):
+    """A float for JSON: rounded, or None when undefined (a half's map without variance)."""
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def grade_reliability(radius95_mm, split_half_mm):
     """Reliability grade from the bootstrap 95 % radius and the split-half distance (mm).
 
@@ -256,13 +261,15 @@ def target_reliability(runs, region, affine, target_xyz, method="cluster", perce
     """
     halves_counts, how = split_half_counts([len(s) for _, s, _ in runs])
     halves = resampled_connectivity(runs, halves_counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        map_correlation = np.corrcoef(halves)[0, 1]
     half_xyz, _ = targets_of_maps(halves, region, affine, method, percentile)
     split_distance = float(np.linalg.norm(half_xyz[0] - half_xyz[1]))
     summary = {"SplitHalf": {
         "Split": {"runs": "runs in two groups of about equal retained volumes",
                   "time": "first and second half of the retained volumes"}[how],
         "Distance_mm": round(split_distance, 2),
-        "MapCorrelation": round(float(np.corrcoef(halves)[0, 1]), 3),
+        "MapCorrelation": _rounded(map_correlation, 3),
         "TargetsWorld_mm": np.round(half_xyz, 2).tolist(),
     }}
     frequency = None
