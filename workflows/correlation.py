@@ -8,15 +8,21 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
 
+#: Voxels correlated at a time (a float64 block of 300 volumes is ~20 MB).
+VOXEL_BLOCK = 8192
+
 #: |r| is clipped below 1 so that Fisher z stays finite (arctanh(1 - 1e-7) = 8.4).
 R_LIMIT = 1.0 - 1e-7
 
 
 def seed_correlation(timeseries, seed):
-    """Pearson correlation of ``seed`` with every column of ``timeseries``, in one matrix product.
+    """Pearson correlation of ``seed`` with every column of ``timeseries``.
 
-    Because the centred seed sums to zero, ``timeseries.T @ seed_centred`` equals the covariance
-    numerator without centring (copying) the large array.
+    One pass over the data, a block of voxels at a time: each block is centred in float64 and
+    correlated with the centred seed by one matrix-vector product. Centring before summing avoids
+    the cancellation of ``sum(x^2) - n * mean^2`` when a voxel's mean dwarfs its fluctuations
+    (raw BOLD), and the block keeps the float64 copy small (the array may be a float32 memmap of
+    every brain voxel).
 
     Parameters
     ----------
@@ -28,18 +34,17 @@ def seed_correlation(timeseries, seed):
     ndarray of shape (n_voxels,), float64
         Pearson r; 0 for voxels (or a seed) without variance.
     """
-    timeseries = np.asarray(timeseries)
     seed = np.asarray(seed, dtype=np.float64)
-    n_volumes = len(seed)
     seed_centred = seed - seed.mean()
     seed_norm = np.linalg.norm(seed_centred)
-    # One matrix-vector product in the array's own precision (a float64 copy of a float32
-    # array would double the memory); the result is accumulated in float64 below.
-    dtype = timeseries.dtype if timeseries.dtype.kind == "f" else np.float64
-    numerator = (seed_centred.astype(dtype) @ timeseries).astype(np.float64)
-    means = timeseries.mean(axis=0, dtype=np.float64)
-    sum_squares = np.einsum("ij,ij->j", timeseries, timeseries, dtype=np.float64)
-    voxel_norm = np.sqrt(np.clip(sum_squares - n_volumes * means**2, 0.0, None))
+    n_voxels = np.shape(timeseries)[1]
+    numerator, voxel_norm = np.empty(n_voxels), np.empty(n_voxels)
+    for start in range(0, n_voxels, VOXEL_BLOCK):
+        voxels = slice(start, start + VOXEL_BLOCK)
+        block = np.array(timeseries[:, voxels], dtype=np.float64)
+        block -= block.mean(axis=0)
+        numerator[voxels] = seed_centred @ block
+        voxel_norm[voxels] = np.sqrt(np.einsum("ij,ij->j", block, block))
     denominator = voxel_norm * seed_norm
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(denominator > 1e-12 * max(denominator.max(initial=0.0), 1.0),
