@@ -110,7 +110,7 @@ def measure(command, env=None, cwd=None):
 
 def make_dataset(root, n_runs, n_volumes):
     """A synthetic participant (cached in ``root``): returns its folder and truth."""
-    from bids_app.synthetic import make_fmriprep_dataset
+    from tmstarget.synthetic import make_fmriprep_dataset
 
     folder = root / f"data_{n_runs}x{n_volumes}" / "fmriprep"
     truth_file = folder / "tmstarget_synthetic_truth.json"
@@ -156,7 +156,7 @@ def run_tmstarget(data, scratch, flags, label):
     out, work = scratch / f"out_{label}", scratch / f"work_{label}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    wall, rss, _, cpu = measure([sys.executable, "-m", "bids_app.cli", str(data), str(out),
+    wall, rss, _, cpu = measure([sys.executable, "-m", "tmstarget.cli", str(data), str(out),
                                  "participant", "-w", str(work), *flags], cwd=REPO)
     return wall, rss, out, work, cpu
 
@@ -181,7 +181,7 @@ def main(argv=None):
     if args.sizes:
         sizes = [tuple(int(n) for n in size.lower().split("x")) for size in args.sizes]
 
-    help_text = subprocess.run([sys.executable, "-m", "bids_app.cli", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "tmstarget.cli", "--help"], capture_output=True,
                                text=True, cwd=REPO).stdout
     has_no_report = "--no-report" in help_text
     print(f"# tmstarget participant benchmark\nmachine: {machine()}")

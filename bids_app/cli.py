@@ -19,8 +19,8 @@ from pathlib import Path
 # import and when a node runs, also in MultiProc workers) is off before Nipype is imported.
 os.environ["NIPYPE_NO_ET"] = "1"
 
-from bids_app import __version__  # noqa: E402
-from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
+from tmstarget import __version__  # noqa: E402
+from tmstarget.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
 
 LOGGER = logging.getLogger("tmstarget")
 SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
@@ -140,7 +140,7 @@ _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "m
 
 def resolve_options(args):
     """Options from the defaults, then ``--config-file``, then the flags given."""
-    from bids_app.collect import clean_label
+    from tmstarget.collect import clean_label
 
     if args.config_file:
         if not args.config_file.is_file():
@@ -335,8 +335,8 @@ class NodeProgress:
 
 def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
     """Build and run one participant's graph; return the paths of its outputs."""
-    from bids_app.derivatives import participant_paths
-    from workflows.base import init_participant_wf
+    from tmstarget.derivatives import participant_paths
+    from tmstarget.workflows.base import init_participant_wf
 
     workflow = init_participant_wf(inputs, options, output_dir, source_dir,
                                    report=not getattr(args, "no_report", False))
@@ -387,7 +387,7 @@ def main(argv=None):
 
 def _one_line(err):
     """The message of an error on one line; unexpected errors also say how to see the traceback."""
-    from bids_app.collect import InputError
+    from tmstarget.collect import InputError
 
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, (InputError, OutputError)):
@@ -396,7 +396,7 @@ def _one_line(err):
 
 
 def _run(args, options):
-    from bids_app.collect import (
+    from tmstarget.collect import (
         InputError,
         check_filters,
         check_participant,
@@ -404,10 +404,10 @@ def _run(args, options):
         find_fmriprep_dir,
         load_layout,
     )
-    from bids_app.derivatives import write_dataset_description
+    from tmstarget.derivatives import write_dataset_description
 
     if args.analysis_level == "group":
-        from bids_app.group import run_group
+        from tmstarget.group import run_group
 
         paths = run_group(args.output_dir, options.participant_label)
         print(f"group: {paths['n_participants']} participant(s)\n  {paths['report']}\n  {paths['targets']}")
@@ -476,7 +476,7 @@ def _run(args, options):
 def _report(inputs, output_dir, paths, seconds):
     import pandas as pd
 
-    from bids_app.derivatives import sidecar, targets_path
+    from tmstarget.derivatives import sidecar, targets_path
 
     for run in json.loads(sidecar(paths["z_map"]).read_text())["Runs"]:
         if not run["Used"]:

@@ -321,9 +321,9 @@ def check_run(run, options):
     Parameters
     ----------
     run : Run
-    options : bids_app.config.Options
+    options : tmstarget.config.Options
     """
-    from workflows.confounds import confound_regressors
+    from tmstarget.workflows.confounds import confound_regressors
 
     bold = read_image(run.bold, "BOLD")
     if len(bold.shape) != 4 or bold.shape[3] < 2:

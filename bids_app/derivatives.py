@@ -23,8 +23,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_app import __version__
-from workflows.transforms import AXIS_COLUMNS, orthonormal_frame
+from tmstarget import __version__
+from tmstarget.workflows.transforms import AXIS_COLUMNS, orthonormal_frame
 
 BIDS_VERSION = "1.9.0"
 
@@ -177,7 +177,7 @@ def coil_poses(table):
 
 def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
     """Brainsight, Localite and NIBS-BIDS files of the T1w-space coil poses."""
-    from bids_app import exports
+    from tmstarget import exports
 
     poses = coil_poses(table)
     if not poses:
@@ -207,7 +207,7 @@ def data_sufficiency(runs):
     ----------
     runs : list of dict
         Per run: ``Volumes``, ``RetainedVolumes``, ``RetainedTime_s``, ``DegreesOfFreedom``,
-        ``Used`` (the denoising summary of :class:`workflows.combine.CombineRuns`).
+        ``Used`` (the denoising summary of :class:`tmstarget.workflows.combine.CombineRuns`).
     """
     used = [r for r in runs if r["Used"]]
     return {

@@ -161,7 +161,7 @@ def pose_from_vectors(centre, inward, handle) -> np.ndarray:
     (into the head) and whose handle points along ``handle`` (projected onto the coil plane).
 
     A low-level helper (the NIBS-BIDS reader uses it); the pipeline's poses come from the scalp
-    stage (``workflows.coil.coil_pose``, same convention)."""
+    stage (``tmstarget.workflows.coil.coil_pose``, same convention)."""
     z = _unit(inward, "inward")
     h = np.asarray(handle, dtype=float).reshape(3)
     y = h - float(h @ z) * z

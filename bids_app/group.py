@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_app.collect import InputError
-from bids_app.config import GROUP_OPTIMAL_MNI
-from bids_app.derivatives import atomic_write, sidecar, write_json, write_text
+from tmstarget.collect import InputError
+from tmstarget.config import GROUP_OPTIMAL_MNI
+from tmstarget.derivatives import atomic_write, sidecar, write_json, write_text
 
 #: Spaces whose coordinates may be drawn on the MNI glass brain.
 MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
@@ -160,7 +160,7 @@ def plot_group_glass(table, space, path):
     from matplotlib import pyplot as plt
     from nilearn import plotting
 
-    from bids_app.reports import DPI, TARGET_COLOURS, WIDTH_IN
+    from tmstarget.reports import DPI, TARGET_COLOURS, WIDTH_IN
 
     rows = table[table["space"] == space]
     fig = plt.figure(figsize=(WIDTH_IN, 3.4))
@@ -184,7 +184,7 @@ def _stats_row(label, stats):
 
 def group_html(table, summary, figures, output_dir):
     """The group page (``group.html``)."""
-    from bids_app.reports import _page, targets_html
+    from tmstarget.reports import _page, targets_html
 
     header = "<tr><th></th><th>N</th><th>mean</th><th>SD</th><th>min</th><th>median</th><th>max</th></tr>"
     sections = [("summary", "Summary", f"<p>{len(summary['Participants'])} participant(s): "

@@ -7,7 +7,7 @@ copied to a USB stick and opened without a network (no CDN, no remote font or sc
 Every figure is a plot of the data the run wrote (nilearn plotting on the participant's T1w,
 matplotlib for time series and the head); nothing is re-computed except the scalp distances between
 coil positions. The 4-D BOLD is never read again: the carpet plot comes from the ``carpet.npz``
-that :class:`workflows.confounds.Denoise` writes (a few thousand voxels), framewise displacement from
+that :class:`tmstarget.workflows.confounds.Denoise` writes (a few thousand voxels), framewise displacement from
 fMRIPrep's confounds table.
 
 :func:`write_participant_report` does the work from file paths; :class:`ParticipantReport` is its
@@ -43,9 +43,9 @@ from nipype.interfaces.base import (  # noqa: E402
     traits,
 )
 
-from bids_app import __version__  # noqa: E402
-from bids_app.config import REFERENCES  # noqa: E402
-from bids_app.derivatives import (  # noqa: E402
+from tmstarget import __version__  # noqa: E402
+from tmstarget.config import REFERENCES  # noqa: E402
+from tmstarget.derivatives import (  # noqa: E402
     ParticipantOutputsInputSpec,
     atomic_write,
     participant_paths,
@@ -253,7 +253,7 @@ def plot_frequency(frequency_map, t1w, target_xyz, path):
 def plot_head(mesh_file, targets, path, elevation=25.0, azimuth=155.0):
     """The scalp seen from the front left, with each target's coil position marked and labelled.
 
-    matplotlib draws the mesh of :class:`workflows.scalp.ScalpProjection` as polygons shaded by
+    matplotlib draws the mesh of :class:`tmstarget.workflows.scalp.ScalpProjection` as polygons shaded by
     their normal (Lambert). Only faces turned towards the viewer are drawn: the hidden half of the
     head costs time and nothing else.
 
@@ -617,13 +617,13 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     output_dir : path
         The derivatives root the participant's outputs were written to.
     subject, space, task, seed_name : str
-        As in :func:`bids_app.derivatives.participant_paths`.
+        As in :func:`tmstarget.derivatives.participant_paths`.
     info_files, carpet_files, confounds_files : list of path
         Per run: Denoise's ``info_file`` and ``carpet_file``, fMRIPrep's confounds table.
     t1w : path or None
         The participant's head T1w in ``space`` (the underlay of the brain figures).
     mesh_file : path or None
-        :class:`workflows.scalp.ScalpProjection`'s ``scalp_mesh.npz``.
+        :class:`tmstarget.workflows.scalp.ScalpProjection`'s ``scalp_mesh.npz``.
     other_space : str or None
         The second space the targets are given in.
     source_version : str or None

@@ -51,7 +51,7 @@ affine). ITK image transforms map points of the reference (fixed, ``to-``) space
 
 With nitransforms: ``nitransforms.manip.load(path, fmt="itk").map(points_ras)`` does exactly
 that (``fmt="itk"`` is needed; nitransforms >= 25 defaults to X5), and
-:func:`workflows.transforms.map_points` wraps it. ``tests/test_transforms.py`` holds the round
+:func:`tmstarget.workflows.transforms.map_points` wraps it. ``tests/test_transforms.py`` holds the round
 trip. The zero field is stored on the reference anatomical grid padded by five voxels, because
 nitransforms evaluates the field with cubic splines that lose accuracy within three voxels of the
 field's edge.
@@ -136,9 +136,9 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, ndimage
 
-from bids_app import __version__
-from bids_app.collect import clean_label
-from bids_app.config import DLPFC_SITES_MNI, SGACC_CENTER_MNI
+from tmstarget import __version__
+from tmstarget.collect import clean_label
+from tmstarget.config import DLPFC_SITES_MNI, SGACC_CENTER_MNI
 
 __all__ = ["PLANTED_TARGET_MNI", "DECOY_MNI", "make_fmriprep_dataset", "main"]
 

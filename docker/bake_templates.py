@@ -3,7 +3,7 @@
 Usage: ``python bake_templates.py SEED_DIR TEMPLATEFLOW_HOME --required 0|1``
 
 The app reads no template at run time; the demo generator ``tmstarget-synth`` reads TemplateFlow's
-MNI152NLin2009cAsym res-02 head and tissue maps (``bids_app.synthetic``). A ``tpl-*`` folder in
+MNI152NLin2009cAsym res-02 head and tissue maps (``tmstarget.synthetic``). A ``tpl-*`` folder in
 SEED_DIR (for example the seeded home ``../shared/data/templateflow`` copied there by
 ``scripts/test_container.sh``) is copied into the home first, so that templateflow answers from
 disk and the build needs no network; otherwise templateflow downloads the files. With
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 TEMPLATE = "MNI152NLin2009cAsym"
-# The files bids_app.synthetic reads (its _find_template_dir); as templateflow.api.get queries.
+# The files tmstarget.synthetic reads (its _find_template_dir); as templateflow.api.get queries.
 QUERIES = (
     dict(suffix="T1w", desc=None),
     dict(suffix="mask", desc="brain"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bids_app import __version__, cli
-from conftest import run_app
+from tmstarget import __version__, cli
+from helpers import run_app
 
 
 def _error_lines(capsys):
@@ -18,7 +18,7 @@ def test_version(capsys):
 
 
 def test_help_lists_every_choice_with_its_description(capsys):
-    from bids_app.config import CONFOUND_STRATEGIES, TARGET_METHODS
+    from tmstarget.config import CONFOUND_STRATEGIES, TARGET_METHODS
 
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])

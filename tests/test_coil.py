@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflows.coil import coil_pose, depth_dose_adjustment
+from tmstarget.workflows.coil import coil_pose, depth_dose_adjustment
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])  # left-right mirror of RAS coordinates
 

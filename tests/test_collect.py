@@ -7,7 +7,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app.collect import InputError, clean_label, collect_participant, find_fmriprep_dir, load_layout
+from tmstarget.collect import InputError, clean_label, collect_participant, find_fmriprep_dir, load_layout
 
 COLORNEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmriprep-layout" / "colornest"
 

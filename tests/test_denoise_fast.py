@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nilearn import masking, signal
 
-from workflows.confounds import (Denoise, carpet_voxels, cleaning_matrix, confound_regressors,
+from tmstarget.workflows.confounds import (Denoise, carpet_voxels, cleaning_matrix, confound_regressors,
                                  read_masked_bold)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli_command, cli_environment, connectivity_row, distance_mm, run_app
+from helpers import cli_command, cli_environment, connectivity_row, distance_mm, run_app
 
 SPACE = "MNI152NLin2009cAsym"
 RUN = "sub-01_task-rest_run-1"
@@ -307,8 +307,8 @@ def test_confounds_columns_missing_for_the_strategy(dataset, tmp_path, capsys):
     line = fails(capsys, root, tmp_path / "out")
     assert CONFOUNDS in line and "global_signal" in line and "--confounds gsr" in line
     # the same table serves a strategy that does not need the global signal
-    from bids_app.collect import check_participant, collect_participant, load_layout
-    from bids_app.config import Options
+    from tmstarget.collect import check_participant, collect_participant, load_layout
+    from tmstarget.config import Options
 
     options = Options(confounds="nogsr")
     check_participant(collect_participant(load_layout(root), "01"), options)

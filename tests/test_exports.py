@@ -12,7 +12,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app import exports as E
+from tmstarget import exports as E
 
 BRAIN_CENTRE = np.array([0.0, 0.0, 20.0])
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_app.synthetic import make_fmriprep_dataset
-from conftest import (
+from tmstarget.synthetic import make_fmriprep_dataset
+from helpers import (
     FAST,
     assert_same_outputs,
     cli_command,
@@ -24,7 +24,7 @@ from conftest import (
     run_app,
     tree_digest,
 )
-from workflows.base import participant_wf_name
+from tmstarget.workflows.base import participant_wf_name
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -97,7 +97,7 @@ def test_two_participants_concurrently_into_one_output_dir(two_participants, tmp
 # --------------------------------------------------------------------------------------------
 def test_interrupted_write_keeps_the_previous_file(tmp_path):
     """The mechanism: a writer dying half way leaves the previous file and no temporary file."""
-    from bids_app.derivatives import atomic_write, write_text
+    from tmstarget.derivatives import atomic_write, write_text
 
     target = write_text(tmp_path / "sub-01" / "targets.tsv", "name\tx\nconnectivity\t-40\n")
 

@@ -28,8 +28,8 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app.synthetic import _Grid, _write_itk_h5
-from conftest import connectivity_row, run_app
+from tmstarget.synthetic import _Grid, _write_itk_h5
+from helpers import connectivity_row, run_app
 
 SPACE = "MNI152NLin2009cAsym"
 ROTATION = nb.eulerangles.euler2mat(np.deg2rad(20.0), 0.0, np.deg2rad(15.0))  # about z, then x

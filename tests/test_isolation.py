@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED, assert_same_outputs, cli_command, cli_environment, tree_digest
+from helpers import SHARED, assert_same_outputs, cli_command, cli_environment, tree_digest
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -36,7 +36,7 @@ def hook(event, args):
             log.write(f"{os.getpid()} {event} {args[1:] if event != 'socket.getaddrinfo' else args[:2]}\\n")
 sys.addaudithook(hook)
 sys.argv = ["tmstarget", *sys.argv[1:]]
-runpy.run_module("bids_app.cli", run_name="__main__")
+runpy.run_module("tmstarget.cli", run_name="__main__")
 """
 
 #: write-like system calls followed by strace; opens are kept only when they can write
@@ -116,7 +116,7 @@ def test_network_detector_sees_an_attempt(tmp_path):
     lookup = "import socket\ntry:\n    socket.getaddrinfo('pypi.org', 443)\nexcept OSError:\n    pass\n"
     script = tmp_path / "lookup.py"
     script.write_text(lookup)
-    code = _AUDITED.replace('runpy.run_module("bids_app.cli", run_name="__main__")',
+    code = _AUDITED.replace('runpy.run_module("tmstarget.cli", run_name="__main__")',
                             f"runpy.run_path({str(script)!r})")
     log = tmp_path / "network.log"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

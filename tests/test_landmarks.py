@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 
-from workflows import landmarks
-from workflows.landmarks import (
+from tmstarget.workflows import landmarks
+from tmstarget.workflows.landmarks import (
     F3_PUBLISHED_MNI,
     FIDUCIALS_MNI,
     MOTOR_HAND_MNI,
@@ -37,7 +37,7 @@ from workflows.landmarks import (
     snap_to_scalp,
     ten_twenty_f3,
 )
-from workflows.scalp import head_mask, project_to_scalp, scalp_mesh
+from tmstarget.workflows.scalp import head_mask, project_to_scalp, scalp_mesh
 
 TEMPLATE_DIR = (Path(__file__).resolve().parents[2] / "shared" / "data" / "templateflow"
                 / "tpl-MNI152NLin2009cAsym")
@@ -441,7 +441,7 @@ def test_interface_maps_mni_points_through_the_transform(tmp_path, monkeypatch):
         calls.append(str(xfm_file))
         return np.atleast_2d(points) + shift
 
-    monkeypatch.setattr("workflows.transforms.map_points", fake_map_points)
+    monkeypatch.setattr("tmstarget.workflows.transforms.map_points", fake_map_points)
     table, measurements = run_interface(tmp_path / "shifted", from_mni_xfm=str(xfm),
                                         **shifted_files)
     assert calls == [str(xfm)]
@@ -532,8 +532,8 @@ def test_t1w_space_matches_mni_space_through_real_transforms(one_run_dataset, tm
     scale ~0.95, translation of centimetres). ScalpProjection + ScalpTargets run in T1w space
     (fiducials and motor point mapped with the real ``from-T1w_to-MNI…_xfm.h5``, GM from the
     dseg) give scalp points that map back onto those of the MNI-space run: never mirrored."""
-    from workflows.scalp import ScalpProjection
-    from workflows.transforms import map_points
+    from tmstarget.workflows.scalp import ScalpProjection
+    from tmstarget.workflows.transforms import map_points
 
     root, truth = one_run_dataset
     anat = Path(root) / "sub-01" / "anat"

@@ -4,12 +4,12 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from workflows.combine import combine_runs, usable_runs
-from workflows.confounds import degrees_of_freedom, denoise
-from workflows.correlation import R_LIMIT, fisher_z, seed_correlation
-from workflows.regions import sample_image, search_region, seed_weights, sphere_weights, voxel_coordinates
-from workflows.seed import seed_timeseries
-from workflows.target import select_target
+from tmstarget.workflows.combine import combine_runs, usable_runs
+from tmstarget.workflows.confounds import degrees_of_freedom, denoise
+from tmstarget.workflows.correlation import R_LIMIT, fisher_z, seed_correlation
+from tmstarget.workflows.regions import sample_image, search_region, seed_weights, sphere_weights, voxel_coordinates
+from tmstarget.workflows.seed import seed_timeseries
+from tmstarget.workflows.target import select_target
 
 
 def test_seed_correlation_equals_numpy_reference():

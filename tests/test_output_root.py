@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bids_app.derivatives import BIDSIGNORE, atomic_write, write_dataset_description
+from tmstarget.derivatives import BIDSIGNORE, atomic_write, write_dataset_description
 
 WRITERS = 6
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from bids import BIDSLayout
 
-from conftest import connectivity_row, distance_mm, run_app
+from helpers import connectivity_row, distance_mm, run_app
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -183,7 +183,7 @@ def test_options_recover_the_planted_target(one_run_dataset, tmp_path, flags):
 
 
 def test_navigation_exports_round_trip_to_the_t1w_targets(mni_run):
-    from bids_app import exports
+    from tmstarget import exports
 
     out, _, _ = mni_run
     tms = out / "sub-01" / "tms"

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from workflows.confounds import check_timeseries, denoise
-from workflows.correlation import R_LIMIT, fisher_z, seed_correlation
+from tmstarget.workflows.confounds import check_timeseries, denoise
+from tmstarget.workflows.correlation import R_LIMIT, fisher_z, seed_correlation
 
 # The machine is shared: no deadline (timings are not what these tests are about).
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,15 +6,15 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app.synthetic import make_fmriprep_dataset
-from conftest import FAST, connectivity_row, distance_mm, run_app
-from workflows.reliability import (
+from tmstarget.synthetic import make_fmriprep_dataset
+from helpers import FAST, connectivity_row, distance_mm, run_app
+from tmstarget.workflows.reliability import (
     block_bootstrap_counts,
     grade_reliability,
     split_half_counts,
     weighted_correlation,
 )
-from workflows.target import select_target
+from tmstarget.workflows.target import select_target
 
 MNI = "MNI152NLin2009cAsym"
 
@@ -69,7 +69,7 @@ def test_grades_follow_the_limits():
 def test_summary_is_valid_json_when_a_map_has_no_variance():
     """A region without signal (a constant map) has no defined map correlation: null, not NaN
     (NaN is not JSON and would break the sidecar)."""
-    from workflows.reliability import target_reliability
+    from tmstarget.workflows.reliability import target_reliability
 
     region = np.zeros((6, 6, 6), dtype=bool)
     region[1:5, 1:5, 1:5] = True

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_app.config import Options
-from bids_app.reports import boilerplate, parse_report_targets, software_versions
-from bids_app.synthetic import make_fmriprep_dataset
-from conftest import FAST, run_app
-from workflows.base import participant_wf_name
+from tmstarget.config import Options
+from tmstarget.reports import boilerplate, parse_report_targets, software_versions
+from tmstarget.synthetic import make_fmriprep_dataset
+from helpers import FAST, run_app
+from tmstarget.workflows.base import participant_wf_name
 
 SPACE = "MNI152NLin2009cAsym"
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium") if Path("/usr/bin/chromium").is_file() else None)
@@ -96,7 +96,7 @@ def test_figures_are_plots_of_this_participant(mni_run):
 
 def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them(mni_run, tmp_path):
     """Reliability is computed elsewhere: the report shows whatever dicts the sidecar holds."""
-    from bids_app.reports import write_participant_report
+    from tmstarget.reports import write_participant_report
 
     out, work, _ = mni_run
     copy = tmp_path / "out"
@@ -120,7 +120,7 @@ def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them
 
 def test_report_without_head_t1w(mni_run, tmp_path):
     """Without a head T1w there is no scalp stage: the report says so and draws no head."""
-    from bids_app.reports import write_participant_report
+    from tmstarget.reports import write_participant_report
 
     out, work, _ = mni_run
     copy = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_group_lists_every_participant_target(cohort):
     base, out, truth = cohort
     assert not list(out.glob("sub-*.html")) and not list(out.glob("sub-*/figures"))  # --no-report
     before = _checksums(out)
-    from bids_app import cli
+    from tmstarget import cli
 
     assert cli.main([str(base / "fmriprep"), str(out), "group"]) == 0
     # participant files are never rewritten
@@ -201,7 +201,7 @@ def test_group_lists_every_participant_target(cohort):
 
 def test_group_without_participant_outputs_fails_in_one_line(cohort, tmp_path, capsys):
     base, _, _ = cohort
-    from bids_app import cli
+    from tmstarget import cli
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -248,7 +248,7 @@ def _chromium(url, tmp_path, *flags):
 def test_reports_render_in_a_browser(mni_run, cohort, tmp_path):
     out, _, _ = mni_run
     base, group_out, _ = cohort
-    from bids_app import cli
+    from tmstarget import cli
 
     if not (group_out / "group.html").is_file():
         assert cli.main([str(base / "fmriprep"), str(group_out), "group"]) == 0

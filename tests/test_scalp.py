@@ -20,7 +20,7 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 from scipy.optimize import brentq
 
-from workflows.scalp import (
+from tmstarget.workflows.scalp import (
     SCALP_COLUMNS,
     ScalpProjection,
     head_mask,

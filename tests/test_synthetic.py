@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from nilearn.interfaces.fmriprep import load_confounds
 
-from bids_app import synthetic
-from bids_app.synthetic import DECOY_MNI, PLANTED_TARGET_MNI, make_fmriprep_dataset, main
-from conftest import REAL_DATA
+from tmstarget import synthetic
+from tmstarget.synthetic import DECOY_MNI, PLANTED_TARGET_MNI, make_fmriprep_dataset, main
+from helpers import REAL_DATA
 
 SPACE = "MNI152NLin2009cAsym"
 FAST = dict(voxel_size=4.0, n_volumes=150, tr=2.0, **REAL_DATA)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from nitransforms.manip import load
 
-from bids_app import synthetic
-from workflows.transforms import map_points
+from tmstarget import synthetic
+from tmstarget.workflows.transforms import map_points
 
 MNI_POINTS = np.array([
     [-40.0, 40.0, 30.0],    # the planted DLPFC target

@@ -15,20 +15,20 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_app import __version__
-from bids_app.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
-from bids_app.derivatives import ParticipantDerivatives
-from bids_app.reports import ParticipantReport
-from workflows.combine import CombineRuns
-from workflows.landmarks import ScalpTargets
-from workflows.confounds import Denoise, denoise_mem_gb
-from workflows.correlation import SeedCorrelation
-from workflows.regions import Regions
-from workflows.reliability import TargetReliability
-from workflows.scalp import ScalpProjection
-from workflows.seed import SeedTimeseries
-from workflows.target import SelectTarget
-from workflows.transforms import MapTargets
+from tmstarget import __version__
+from tmstarget.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
+from tmstarget.derivatives import ParticipantDerivatives
+from tmstarget.reports import ParticipantReport
+from tmstarget.workflows.combine import CombineRuns
+from tmstarget.workflows.landmarks import ScalpTargets
+from tmstarget.workflows.confounds import Denoise, denoise_mem_gb
+from tmstarget.workflows.correlation import SeedCorrelation
+from tmstarget.workflows.regions import Regions
+from tmstarget.workflows.reliability import TargetReliability
+from tmstarget.workflows.scalp import ScalpProjection
+from tmstarget.workflows.seed import SeedTimeseries
+from tmstarget.workflows.target import SelectTarget
+from tmstarget.workflows.transforms import MapTargets
 
 
 def participant_wf_name(subject):
@@ -50,8 +50,8 @@ def init_run_wf(run, options, name):
 
     Parameters
     ----------
-    run : bids_app.collect.Run
-    options : bids_app.config.Options
+    run : tmstarget.collect.Run
+    options : tmstarget.config.Options
     name : str
 
     Returns
@@ -88,15 +88,15 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
 
     Parameters
     ----------
-    inputs : bids_app.collect.ParticipantInputs
-    options : bids_app.config.Options
+    inputs : tmstarget.collect.ParticipantInputs
+    options : tmstarget.config.Options
     output_dir : path
         Derivatives root.
     source_dir : path
         The fMRIPrep derivatives folder (for provenance in the sidecars).
     name : str, optional
     report : bool
-        Append the :class:`bids_app.reports.ParticipantReport` node (``sub-<label>.html``).
+        Append the :class:`tmstarget.reports.ParticipantReport` node (``sub-<label>.html``).
     """
     workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
 

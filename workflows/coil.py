@@ -23,7 +23,7 @@ lateral side, the side the outward scalp normal points to (negative x on the lef
 positive x on the right one). A left-hemisphere point thus gets a handle with negative y and
 negative x components; its mirror point on the right hemisphere gets the mirrored handle. Heads
 tilted in their space can pass their own posterior and left-right axes (e.g. from the
-fiducials; :class:`workflows.landmarks.ScalpTargets` passes inion - nasion and RPA - LPA).
+fiducials; :class:`tmstarget.workflows.landmarks.ScalpTargets` passes inion - nasion and RPA - LPA).
 """
 
 from __future__ import annotations

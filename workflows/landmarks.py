@@ -1,7 +1,7 @@
 """Scalp-based comparators of the connectivity target, constructed on the participant's own scalp.
 
 Three ways of aiming at the left DLPFC without imaging are placed on the scalp mesh of this head
-(:func:`workflows.scalp.scalp_mesh`), as a technician would place them with a tape measure:
+(:func:`tmstarget.workflows.scalp.scalp_mesh`), as a technician would place them with a tape measure:
 
 - **10-20 F3** (:func:`ten_twenty_f3`): the international 10-20 construction from the nasion,
   inion and preauricular points;
@@ -12,12 +12,12 @@ Three ways of aiming at the left DLPFC without imaging are placed on the scalp m
 
 For each, the cortical point beneath (:func:`cortical_point_beneath`, the nearest grey-matter
 voxel) is what the coil would stimulate; :class:`ScalpTargets` writes them next to the
-connectivity target with the coil pose (:mod:`workflows.coil`), the distance to the connectivity
+connectivity target with the coil pose (:mod:`tmstarget.workflows.coil`), the distance to the connectivity
 target and the depth-adjusted dose.
 
 All coordinates are world millimetres, RAS, of the computation space (the space of the mesh).
 Published landmark positions are given in MNI152NLin2009cAsym millimetres and mapped into the
-computation space by the caller (``from_mni_xfm``, :func:`workflows.transforms.map_points`).
+computation space by the caller (``from_mni_xfm``, :func:`tmstarget.workflows.transforms.map_points`).
 
 Curves on the scalp
 -------------------
@@ -60,13 +60,13 @@ from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-from workflows.coil import (
+from tmstarget.workflows.coil import (
     COIL_REFERENCES,
     STOKES_SLOPE_PCT_PER_MM,
     coil_pose,
     depth_dose_adjustment,
 )
-from workflows.scalp import SCALP_COLUMNS, project_to_scalp, vertex_normals
+from tmstarget.workflows.scalp import SCALP_COLUMNS, project_to_scalp, vertex_normals
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -110,7 +110,7 @@ LANDMARK_REFERENCES = {
 #: Fiducials (nasion Nz, inion Iz, left/right preauricular points LPA/RPA) in MNI152 mm, RAS:
 #: those of the UI 10-10 positions of Jurcak et al. (2007) as distributed with SimNIBS (see
 #: ``LANDMARK_REFERENCES["SimNIBSCaps"]``). On the MNI152NLin2009cAsym 2 mm head (scalp mesh of
-#: :func:`workflows.scalp.scalp_mesh`) they lie 0.2-1.9 mm from the scalp. The default.
+#: :func:`tmstarget.workflows.scalp.scalp_mesh`) they lie 0.2-1.9 mm from the scalp. The default.
 FIDUCIALS_MNI_JURCAK2007 = {
     "Nz": (0.0, 82.9, -43.0),
     "Iz": (0.0, -116.2, -30.5),
@@ -900,7 +900,7 @@ class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
                    "fMRIPrep dseg (label 1 = GM)")
     from_mni_xfm = File(exists=True,
                         desc="transform mapping MNI152NLin2009cAsym points into the computation "
-                        "space (workflows.transforms.map_points); absent: the space is MNI")
+                        "space (tmstarget.workflows.transforms.map_points); absent: the space is MNI")
     handle_angle_deg = traits.Float(45.0, usedefault=True,
                                     desc="coil handle angle from the posterior direction, "
                                     "positive laterally")
@@ -932,7 +932,7 @@ def _to_float(text) -> float:
 class ScalpTargets(SimpleInterface):
     """Scalp-based comparators (10-20 F3, Beam F3, 5 cm rule, motor hand area) on this head.
 
-    Reads the targets table of :class:`workflows.scalp.ScalpProjection` and its scalp mesh and
+    Reads the targets table of :class:`tmstarget.workflows.scalp.ScalpProjection` and its scalp mesh and
     writes ``scalp_targets.tsv``: the input rows with their columns unchanged (the connectivity
     row's x, y, z, seed_correlation_z, cluster_size kept verbatim), then the rows ``F3_1020``,
     ``F3_beam``, ``5cm`` and ``motor_hand``; columns added for all rows: the coil pose
@@ -954,7 +954,7 @@ class ScalpTargets(SimpleInterface):
         names = ["Nz", "Iz", "LPA", "RPA", "motor_hand"]
         mni = np.array([*(FIDUCIALS_MNI[k] for k in names[:4]), MOTOR_HAND_MNI], dtype=float)
         if inputs.from_mni_xfm:
-            from workflows.transforms import map_points
+            from tmstarget.workflows.transforms import map_points
 
             mapped = map_points(mni, inputs.from_mni_xfm)
         else:

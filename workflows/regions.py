@@ -143,7 +143,7 @@ class Regions(SimpleInterface):
     output_spec = _RegionsOutputSpec
 
     def _run_interface(self, runtime):
-        from workflows.transforms import map_points
+        from tmstarget.workflows.transforms import map_points
 
         inputs = self.inputs
         reference = nb.load(inputs.mask_files[0])

@@ -34,11 +34,11 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_app.config import RELIABILITY_GRADES
-from workflows.combine import combine_runs
-from workflows.correlation import fisher_z
-from workflows.seed import seed_timeseries
-from workflows.target import select_target
+from tmstarget.config import RELIABILITY_GRADES
+from tmstarget.workflows.combine import combine_runs
+from tmstarget.workflows.correlation import fisher_z
+from tmstarget.workflows.seed import seed_timeseries
+from tmstarget.workflows.target import select_target
 
 
 def block_bootstrap_counts(n_volumes, block_length, n_samples, rng):
@@ -180,7 +180,7 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
     region : ndarray of bool, 3-D
     affine : ndarray (4, 4)
     method, percentile
-        As :func:`workflows.target.select_target`.
+        As :func:`tmstarget.workflows.target.select_target`.
 
     Returns
     -------
@@ -215,7 +215,7 @@ def grade_reliability(radius95_mm, split_half_mm):
     Returns
     -------
     grade : str
-        The first grade of :data:`bids_app.config.RELIABILITY_GRADES` whose limits both numbers meet.
+        The first grade of :data:`tmstarget.config.RELIABILITY_GRADES` whose limits both numbers meet.
     reason : str
     """
     for grade, limits in RELIABILITY_GRADES.items():

@@ -128,7 +128,7 @@ def map_targets_table(table, xfm_file):
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
     if "depth_adjustment_pct_mso" in table and (mapped["name"] == "motor_hand").any():
-        from workflows.coil import depth_dose_adjustment
+        from tmstarget.workflows.coil import depth_dose_adjustment
 
         motor_depth = float(mapped.loc[mapped["name"] == "motor_hand", "scalp_distance_mm"].iloc[0])
         mapped["depth_adjustment_pct_mso"] = [depth_dose_adjustment(d, motor_depth)
