@@ -16,6 +16,8 @@ import pytest
 from nilearn.interfaces.fmriprep import load_confounds
 
 from tmstarget import synthetic
+from tmstarget.config import DLPFC_SITES_MNI
+from tmstarget.synthetic import sources
 from tmstarget.synthetic import DECOY_MNI, PLANTED_TARGET_MNI, make_fmriprep_dataset, main
 from helpers import REAL_DATA
 
@@ -229,15 +231,15 @@ def test_nilearn_loads_the_confounds(dataset):
 
 def test_self_made_head_without_shared_data(tmp_path, monkeypatch):
     """A fresh clone has no ../shared: the self-made head and synthesized motion must do."""
-    monkeypatch.setattr(synthetic, "_SHARED_TEMPLATEFLOW", tmp_path / "absent")
-    monkeypatch.setattr(synthetic, "_SHARED_CONFOUNDS", tmp_path / "absent.tsv")
+    monkeypatch.setattr(sources, "SHARED_TEMPLATEFLOW", tmp_path / "absent")
+    monkeypatch.setattr(sources, "SHARED_CONFOUNDS", tmp_path / "absent.tsv")
     monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
     root = tmp_path / "fmriprep"
     truth = make_fmriprep_dataset(root, seed=4, **{**FAST, "templateflow_home": None, "confounds_tsv": None})
     assert truth["head"] == "synthetic" and truth["motion_source"] == "synthesized"
     anat = root / "sub-01" / "anat"
     gm = nb.load(anat / f"sub-01_space-{SPACE}_label-GM_probseg.nii.gz")
-    for site in list(synthetic.DLPFC_SITES_MNI.values()) + [truth["target_mni"]]:
+    for site in list(DLPFC_SITES_MNI.values()) + [truth["target_mni"]]:
         assert _value_at(gm, site) > 0.5, site
     assert _value_at(nb.load(anat / f"sub-01_space-{SPACE}_desc-brain_mask.nii.gz"), synthetic.SGACC_MNI) == 1
     t1w = nb.load(anat / "sub-01_desc-preproc_T1w.nii.gz").get_fdata()
