@@ -56,6 +56,16 @@ trip. The zero field is stored on the reference anatomical grid padded by five v
 nitransforms evaluates the field with cubic splines that lose accuracy within three voxels of the
 field's edge.
 
+With ``warp="nonlinear"`` (``tmstarget-synth --warp nonlinear``; off by default) each
+participant's map is instead fMRIPrep-like: ``T1w mm = A (MNI mm + u(MNI mm))``, an anisotropic
+affine after a smooth displacement field that is small in the brain and grows towards the scalp
+(:mod:`tmstarget.synthetic.warp`). ``from-T1w_to-<MNI>`` holds the affine at ``/1`` and ``u`` at
+``/2`` (ITK applies the last first: field, then affine); ``from-<MNI>_to-T1w`` holds the inverse
+field at ``/1`` and the inverse affine at ``/2`` (affine first), as ITK's
+``CompositeTransform::GetInverse`` writes it; both fields lie on the MNI anatomical grid padded
+by five voxels, and each file is the inverse of the other to about 0.01 mm. The native
+(``space``-less) T1w, masks, dseg and probsegs are the MNI head warped through the map.
+
 The BOLD signal model
 ---------------------
 Everything is made on the MNI BOLD grid as spatial maps times time courses, plus voxel noise; the

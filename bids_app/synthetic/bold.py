@@ -9,6 +9,7 @@ from scipy import ndimage
 from .constants import _HEAD_CENTRE_MNI, MOTION_COLUMNS, SGACC_MNI
 from .grids import _covering_grid, _Grid, _sampler
 from .heads import _tissue_fields
+from .warp import _point_maps
 
 # Amplitudes of the BOLD model, as fractions of the local baseline unless said otherwise.
 _SEED_WEIGHT = 0.012        # sgACC blob, times signal_strength
@@ -104,15 +105,16 @@ def _mni_bold_maps(f: dict, grid: _Grid, target, decoy, signal_strength: float, 
     return _Maps(grid, baseline, maps, brain, f["gm"], f["wm"], f["csf"], f["dseg"], stored)
 
 
-def _t1w_bold_maps(head, mni: _Maps, mni_to_t1w: np.ndarray, target_t1w) -> _Maps:
+def _t1w_bold_maps(head, mni: _Maps, participant, target_t1w) -> _Maps:
     """The MNI BOLD maps resampled (linear) onto a participant's T1w BOLD grid.
 
     The grid is axis-aligned in T1w space with the MNI voxel size and covers the stored region;
     the tissue fields and masks come from the head itself at that resolution. Its origin puts the
     planted target on a voxel centre, as it is in MNI space, so that a recovered target's error
-    measures the pipeline, not the grid.
+    measures the pipeline, not the grid. ``participant`` is the participant's map (a 4x4 MNI ->
+    T1w matrix or a :class:`.warp._NonlinearMap`).
     """
-    t1w_to_mni = np.linalg.inv(mni_to_t1w)
+    mni_to_t1w, t1w_to_mni = _point_maps(participant)
     spacing = mni.grid.spacing
     grid = _covering_grid(mni.grid.world(mni.stored, to_world=mni_to_t1w), spacing, 2 * spacing)
     origin = grid.affine[:3, 3]

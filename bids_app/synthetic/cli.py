@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--confounds-tsv", type=Path, default=None,
                         help="real fMRIPrep confounds table to take motion from (default: the one in "
                              "../shared/data when present, else synthesized motion)")
+    parser.add_argument("--warp", choices=("similarity", "nonlinear"), default="similarity",
+                        help="each participant's T1w space: a similarity of MNI space (default), or an "
+                             "anisotropic affine plus a smooth displacement field")
     parser.add_argument("--no-shared-data", action="store_true",
                         help="use the self-made head and synthesized motion whatever is available")
     args = parser.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
         voxel_size=args.voxel_size, anat_voxel_size=args.anat_voxel_size, target_mni=tuple(args.target),
         signal_strength=args.signal_strength, noise_level=args.noise_level, seed=args.seed,
         templateflow_home=False if args.no_shared_data else args.templateflow_home,
-        confounds_tsv=False if args.no_shared_data else args.confounds_tsv)
+        confounds_tsv=False if args.no_shared_data else args.confounds_tsv, warp=args.warp)
 
     def fmt(xyz):
         return "(" + ", ".join(f"{v:.1f}" for v in xyz) + ")"

@@ -26,8 +26,11 @@ class _Grid:
     def world(self, mask=None, to_world=None) -> np.ndarray:
         """World coordinates (mm) of the voxel centres, (*shape, 3), or (N, 3) inside ``mask``.
 
-        ``to_world`` (4x4) first maps this grid's mm into another space (e.g. T1w -> MNI).
+        ``to_world`` first maps this grid's mm into another space (e.g. T1w -> MNI): a 4x4
+        matrix, or a function of (..., 3) points (a nonlinear map, :mod:`.warp`).
         """
+        if callable(to_world):
+            return to_world(self.world(mask))
         m = self.affine if to_world is None else to_world @ self.affine
         if mask is not None:
             ijk = np.stack(np.nonzero(mask), axis=-1).astype(np.float32)
@@ -71,11 +74,21 @@ def _covering_grid(points: np.ndarray, spacing: float, margin: float) -> _Grid:
 def _sampler(src_affine: np.ndarray, grid: _Grid, to_src=None):
     """A function resampling volumes of an image (voxel-to-mm ``src_affine``) onto ``grid``.
 
-    ``to_src`` (4x4) maps ``grid`` mm into the source's mm (default: same space). The returned
+    ``to_src`` maps ``grid`` mm into the source's mm (default: same space), a 4x4 matrix or a
+    function of (..., 3) points (then always interpolated). The returned
     ``sample(volume, order=1)`` gives a ``grid.shape`` float32 array, zero outside the source.
     When the grid's voxel centres lie on the source lattice (the 4 mm MNI grid subsamples the
     2 mm one) values are gathered exactly, an order of magnitude faster than interpolation.
     """
+    if callable(to_src):
+        coords = np.moveaxis(nib.affines.apply_affine(np.linalg.inv(src_affine), grid.world(to_world=to_src)),
+                             -1, 0).astype(np.float32)
+
+        def sample(volume, order=1):
+            return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0,
+                                           prefilter=False).astype(np.float32, copy=False)
+        return sample
+
     index = np.linalg.inv(src_affine) @ (grid.affine if to_src is None else to_src @ grid.affine)
     steps, offsets = np.diag(index)[:3], index[:3, 3]
     on_lattice = (np.allclose(index[:3, :3], np.diag(steps), atol=1e-6) and np.all(steps > 0.5)

@@ -22,6 +22,7 @@ from .heads import _rician, _SyntheticHead, _TemplateHead, _tissue_fields
 from .sources import _find_confounds_table, _find_template_dir
 from .timecourses import _add_spikes, _real_motion, _synthetic_motion, _timecourses
 from .transforms import _participant_map, _write_itk_h5
+from .warp import _NonlinearMap, _nonlinear_map, _point_maps, _trilinear
 
 
 def _save(volume: np.ndarray, grid: _Grid, path: Path, dtype, space_code: int) -> None:
@@ -87,14 +88,15 @@ def _write_anat(anat_dir: Path, prefix: str, f: dict, grid: _Grid, space_code: i
 
 
 def _write_anatomy(anat_dir: Path, subject: str, head, mni_anat: dict, mni_anat_grid: _Grid,
-                   mni_to_t1w: np.ndarray, mni_spaces, rng) -> None:
+                   participant, mni_spaces, rng) -> None:
     """Write a participant's anatomy (T1w space and each MNI space) and the T1w<->MNI transforms.
 
-    The T1w-space images are the MNI fields resampled through ``mni_to_t1w`` onto an axis-aligned
-    grid covering the head with 10 mm to spare.
+    ``participant`` is the participant's map: a 4x4 MNI -> T1w matrix (a similarity) or a
+    :class:`.warp._NonlinearMap`. The T1w-space images are the MNI fields resampled through it
+    onto an axis-aligned grid covering the head with 10 mm to spare.
     """
     anat_dir.mkdir(parents=True, exist_ok=True)
-    t1w_to_mni = np.linalg.inv(mni_to_t1w)
+    mni_to_t1w, t1w_to_mni = _point_maps(participant)
     head_in_t1w = mni_anat_grid.world(mni_anat["head"] > 0.5, to_world=mni_to_t1w)
     t1w_grid = _covering_grid(head_in_t1w, mni_anat_grid.spacing, 10.0)
     outputs = [(_tissue_fields(head, t1w_grid, t1w_to_mni), t1w_grid, subject, 1)]
@@ -103,12 +105,21 @@ def _write_anatomy(anat_dir: Path, subject: str, head, mni_anat: dict, mni_anat_
         if head.kind == "synthetic":  # a scanner's image has noise; the template has none to add
             fields = dict(fields, t1w=_rician(fields["t1w"], 12.0, rng))
         _write_anat(anat_dir, prefix, fields, grid, code)
-    # The zero displacement fields live on the reference grids, padded (see the module docstring).
     for space in dict.fromkeys([TEMPLATE, *mni_spaces]):
-        _write_itk_h5(anat_dir / f"{subject}_from-T1w_to-{space}_mode-image_xfm.h5",
-                      mni_to_t1w, _HEAD_CENTRE_MNI, mni_anat_grid.padded(5))
-        _write_itk_h5(anat_dir / f"{subject}_from-{space}_to-T1w_mode-image_xfm.h5",
-                      t1w_to_mni, nib.affines.apply_affine(mni_to_t1w, _HEAD_CENTRE_MNI), t1w_grid.padded(5))
+        forward = anat_dir / f"{subject}_from-T1w_to-{space}_mode-image_xfm.h5"
+        inverse = anat_dir / f"{subject}_from-{space}_to-T1w_mode-image_xfm.h5"
+        if isinstance(participant, _NonlinearMap):
+            # Both fields on the MNI grid, as SyN's: forward x -> A (x + u(x)), inverse
+            # y -> q + v(q) with q = A^-1 y (see .warp and _write_itk_h5).
+            affine = participant.affine
+            _write_itk_h5(forward, affine, _HEAD_CENTRE_MNI, participant.grid, participant.forward, True)
+            _write_itk_h5(inverse, np.linalg.inv(affine), nib.affines.apply_affine(affine, _HEAD_CENTRE_MNI),
+                          participant.grid, participant.inverse, False)
+            continue
+        # The zero displacement fields live on the reference grids, padded (see the module docstring).
+        _write_itk_h5(forward, mni_to_t1w, _HEAD_CENTRE_MNI, mni_anat_grid.padded(5))
+        _write_itk_h5(inverse, t1w_to_mni, nib.affines.apply_affine(mni_to_t1w, _HEAD_CENTRE_MNI),
+                      t1w_grid.padded(5))
 
 
 def _write_run(func_dir: Path, base: str, spaces, space_maps: dict, tcs: dict, motion: np.ndarray,
@@ -144,6 +155,13 @@ def _write_run(func_dir: Path, base: str, spaces, space_maps: dict, tcs: dict, m
 
 
 
+def _map_point(mapping, point) -> np.ndarray:
+    """One point (3,) through a 4x4 matrix or a function of (..., 3) points."""
+    if callable(mapping):
+        return mapping(np.asarray(point, float)[None])[0]
+    return nib.affines.apply_affine(mapping, point)
+
+
 def _snap_to_gm(point, gm: np.ndarray, grid: _Grid) -> np.ndarray:
     """Centre of the grey-matter voxel of ``grid`` nearest to ``point`` (mm)."""
     centres = grid.world(gm)
@@ -155,7 +173,7 @@ def _snap_to_gm(point, gm: np.ndarray, grid: _Grid) -> np.ndarray:
 def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_runs=1, n_volumes=240,
                           tr=2.0, spaces=("MNI152NLin2009cAsym",), voxel_size=2.0, anat_voxel_size=None,
                           target_mni=PLANTED_TARGET_MNI, signal_strength=1.0, noise_level=1.0,
-                          seed=0, templateflow_home=None, confounds_tsv=None) -> dict:
+                          seed=0, templateflow_home=None, confounds_tsv=None, warp="similarity") -> dict:
     """Write a synthetic fMRIPrep derivatives dataset with a planted sgACC-anticorrelated target.
 
     Parameters
@@ -196,6 +214,12 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
         Source of the motion parameters. None: the real fMRIPrep table in
         ``../shared/data/fmriprep-confounds`` if present, else synthesized; False: synthesized;
         a path: that fMRIPrep confounds table.
+    warp : {"similarity", "nonlinear"}
+        Each participant's T1w space. "similarity": ``T1w mm = A @ MNI mm + b`` with a rotation
+        and an isotropic scale, written with an all-zero displacement field. "nonlinear": an
+        anisotropic affine plus a smooth displacement field, small in the brain and growing
+        towards the scalp, in both ``.h5`` directions (each the inverse of the other), and a
+        native head that is the MNI head warped through it (:mod:`tmstarget.synthetic.warp`).
 
     Returns
     -------
@@ -203,9 +227,11 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
         The truth, also written to ``out_dir/tmstarget_synthetic_truth.json``: ``target_mni`` and
         ``decoy_mni`` (mm, after snapping), ``target_mni_requested``, ``sgacc_mni``, ``participants`` (per label:
         ``target_t1w``, ``decoy_t1w`` in mm and ``mni_to_t1w``, the 4x4 RAS matrix mapping MNI mm
-        to T1w mm), ``tr``, ``n_volumes``, ``n_non_steady``, ``voxel_size``,
+        to T1w mm; with ``warp="nonlinear"`` instead ``mni_to_t1w_affine``, the affine part only,
+        ``sgacc_t1w`` and ``displacement_mm``, the largest displacement in the brain and in the
+        head), ``tr``, ``n_volumes``, ``n_non_steady``, ``voxel_size``,
         ``anat_voxel_size``, ``spaces``, ``sessions``, ``n_runs``, ``head``, ``motion_source``,
-        ``seed``, ``signal_strength``, ``noise_level``.
+        ``seed``, ``signal_strength``, ``noise_level`` (and ``warp`` when it is "nonlinear").
     """
     out_dir = Path(out_dir)
     participants = tuple(clean_label(str(p)) for p in participants) or ("01",)
@@ -214,6 +240,8 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
     unknown = [s for s in spaces if s not in MNI_SPACES + ("T1w",)]
     if unknown or not spaces:
         raise ValueError(f"unsupported spaces {unknown or spaces}; use {MNI_SPACES + ('T1w',)}")
+    if warp not in ("similarity", "nonlinear"):
+        raise ValueError(f"unsupported warp {warp!r}; use 'similarity' or 'nonlinear'")
     if n_volumes <= N_NON_STEADY + 10:
         raise ValueError(f"n_volumes must exceed {N_NON_STEADY + 10}")
     voxel_size = float(voxel_size)
@@ -258,23 +286,42 @@ def make_fmriprep_dataset(out_dir, participants=("01",), sessions=(None,), n_run
         "head": head.kind, "motion_source": str(motion_table) if motion_table else "synthesized",
         "seed": int(seed), "signal_strength": float(signal_strength), "noise_level": float(noise_level),
     }
+    if warp == "nonlinear":
+        truth["warp"] = warp
 
     for p_index, label in enumerate(participants):
-        mni_to_t1w = _participant_map(seed, label)
+        if warp == "nonlinear":
+            participant = _nonlinear_map(seed, label, mni_anat_grid.padded(5))
+        else:
+            participant = _participant_map(seed, label)
+        mni_to_t1w, _ = _point_maps(participant)
         _write_anatomy(out_dir / f"sub-{label}" / "anat", f"sub-{label}", head, mni_anat, mni_anat_grid,
-                       mni_to_t1w, [s for s in spaces if s in MNI_SPACES],
+                       participant, [s for s in spaces if s in MNI_SPACES],
                        np.random.default_rng([seed, 13, p_index]))
+
+        def in_t1w(point):
+            return np.asarray(_map_point(mni_to_t1w, point), float)
 
         space_maps = {s: mni_maps for s in spaces if s in MNI_SPACES}
         if "T1w" in spaces:
-            space_maps["T1w"] = _t1w_bold_maps(head, mni_maps, mni_to_t1w,
-                                               nib.affines.apply_affine(mni_to_t1w, target))
+            space_maps["T1w"] = _t1w_bold_maps(head, mni_maps, participant, in_t1w(target))
 
         truth["participants"][label] = {
-            "target_t1w": nib.affines.apply_affine(mni_to_t1w, target).tolist(),
-            "decoy_t1w": nib.affines.apply_affine(mni_to_t1w, decoy).tolist(),
-            "mni_to_t1w": mni_to_t1w.tolist(),
+            "target_t1w": in_t1w(target).tolist(),
+            "decoy_t1w": in_t1w(decoy).tolist(),
         }
+        if warp == "nonlinear":
+            brain_u = np.linalg.norm(_trilinear(participant.forward, participant.grid,
+                                                mni_anat_grid.world(mni_anat["brain"])), axis=-1)
+            head_u = np.linalg.norm(_trilinear(participant.forward, participant.grid,
+                                               mni_anat_grid.world(mni_anat["head"] > 0.5)), axis=-1)
+            truth["participants"][label].update({
+                "sgacc_t1w": in_t1w(SGACC_MNI).tolist(),
+                "mni_to_t1w_affine": participant.affine.tolist(),
+                "displacement_mm": {"brain_max": float(brain_u.max()), "head_max": float(head_u.max())},
+            })
+        else:
+            truth["participants"][label]["mni_to_t1w"] = participant.tolist()
 
         for s_index, session in enumerate(sessions):
             func_dir = out_dir / f"sub-{label}" / (f"ses-{session}" if session is not None else "") / "func"

@@ -36,8 +36,17 @@ def _participant_map(seed: int, label: str) -> np.ndarray:
     return nib.affines.from_matvec(scale * _rotation(angles), shift)
 
 
-def _write_itk_h5(path: Path, ref_to_moving: np.ndarray, centre_ras, field_grid: _Grid) -> None:
-    """Write an ITK composite transform (affine + zero displacement field) like antsRegistration.
+def _write_itk_h5(path: Path, ref_to_moving: np.ndarray, centre_ras, field_grid: _Grid,
+                  displacement_ras=None, field_applied_first: bool = True) -> None:
+    """Write an ITK composite transform (affine + displacement field) like antsRegistration.
+
+    ITK's ``CompositeTransform`` applies its transforms from the last in the file to the first.
+    antsRegistration's forward composite (``from-T1w_to-<MNI>``) holds the affine at
+    ``/TransformGroup/1`` and the field at ``/2``, so a reference point ``x`` goes to
+    ``M (x + u(x))``: the field first (``field_applied_first=True``). Its inverse composite (what
+    ``CompositeTransform::GetInverse`` writes: each transform inverted, the order reversed) holds
+    the inverse field at ``/1`` and the inverse affine at ``/2``: ``y -> q + v(q)``, ``q = M y``
+    (``field_applied_first=False``).
 
     Parameters
     ----------
@@ -49,7 +58,14 @@ def _write_itk_h5(path: Path, ref_to_moving: np.ndarray, centre_ras, field_grid:
         Centre of the affine in reference-space mm (ITK's fixed parameters; any point works,
         antsRegistration uses the image centre).
     field_grid : _Grid
-        Reference-space grid the (all-zero) displacement field is stored on.
+        Grid the displacement field is stored on: the reference space when the field is applied
+        first, the space the affine maps into otherwise.
+    displacement_ras : ndarray (*field_grid.shape, 3), optional
+        The field's displacement vectors, mm RAS, on ``field_grid``; default all zero (an
+        exactly affine map). Stored as ITK does: LPS vectors, one per voxel, the vector index
+        fastest, then x, y, z (Fortran order).
+    field_applied_first : bool
+        Order of the two transforms (see above).
     """
     lps = np.diag([-1.0, -1.0, 1.0])
     # ITK works in LPS: x_lps = L x_ras. An affine with centre c maps x to M (x - c) + c + t.
@@ -67,16 +83,23 @@ def _write_itk_h5(path: Path, ref_to_moving: np.ndarray, centre_ras, field_grid:
         group = f.create_group("TransformGroup")
         group.create_group("0").create_dataset("TransformType", data=[b"CompositeTransform_double_3_3"],
                                                dtype=vlen)
-        affine = group.create_group("1")
-        affine.create_dataset("TransformType", data=[b"AffineTransform_double_3_3"], dtype=vlen)
-        affine.create_dataset("TransformParameters", data=np.r_[matrix.ravel(), translation])
-        affine.create_dataset("TransformFixedParameters", data=centre)
-        field = group.create_group("2")
-        field.create_dataset("TransformType", data=[b"DisplacementFieldTransform_float_3_3"], dtype=vlen)
-        # ITK's field fixed parameters: size, origin (LPS), spacing, direction (row-major).
-        field.create_dataset("TransformFixedParameters", data=np.r_[
-            np.asarray(field_grid.shape, float), lps @ field_grid.affine[:3, 3], spacing, direction.ravel()])
-        # One LPS vector per voxel, vector index fastest then x, y, z (Fortran order).
-        field.create_dataset("TransformParameters", data=np.zeros(3 * n_voxels, np.float32),
-                             compression="gzip", chunks=True)
+        # Groups made in file order (the default's bytes are those of the previous version).
+        for name, part in zip("12", ("affine", "field") if field_applied_first else ("field", "affine")):
+            sub = group.create_group(name)
+            if part == "affine":
+                sub.create_dataset("TransformType", data=[b"AffineTransform_double_3_3"], dtype=vlen)
+                sub.create_dataset("TransformParameters", data=np.r_[matrix.ravel(), translation])
+                sub.create_dataset("TransformFixedParameters", data=centre)
+                continue
+            sub.create_dataset("TransformType", data=[b"DisplacementFieldTransform_float_3_3"], dtype=vlen)
+            # ITK's field fixed parameters: size, origin (LPS), spacing, direction (row-major).
+            sub.create_dataset("TransformFixedParameters", data=np.r_[
+                np.asarray(field_grid.shape, float), lps @ field_grid.affine[:3, 3], spacing, direction.ravel()])
+            # One LPS vector per voxel, vector index fastest then x, y, z (Fortran order).
+            if displacement_ras is None:
+                vectors = np.zeros(3 * n_voxels, np.float32)
+            else:
+                lps_vectors = np.asarray(displacement_ras, np.float32) * np.float32([-1.0, -1.0, 1.0])
+                vectors = np.moveaxis(lps_vectors, -1, 0).ravel(order="F")
+            sub.create_dataset("TransformParameters", data=vectors, compression="gzip", chunks=True)
 
