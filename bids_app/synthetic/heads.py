@@ -76,12 +76,35 @@ def _ellipsoid_depth(points: np.ndarray, centre, semi_axes) -> np.ndarray:
     return (1.0 - r) * dist / np.maximum(r, 1e-3)
 
 
-class _SyntheticHead:
-    """A self-made head of nested ellipsoids, evaluated analytically at any point.
+def _half_ellipsoid_depth(points: np.ndarray, centre, semi_axes, axis: int, back_axis: float) -> np.ndarray:
+    """:func:`_ellipsoid_depth` of an egg: semi-axis ``back_axis`` instead of ``semi_axes[axis]``
+    where the point lies below the centre on that axis (the two halves join smoothly)."""
+    rel = points[..., axis] - np.float32(centre[axis])
+    axes = [np.full(points.shape[:-1], a, np.float32) for a in semi_axes]
+    axes[axis] = np.where(rel < 0, np.float32(back_axis), np.float32(semi_axes[axis]))
+    return _ellipsoid_depth(points, centre, np.stack(axes, axis=-1))
 
-    Layers outward from the brain surface (depth 0): 8 mm of cortical grey matter over white
-    matter, 3 mm of CSF, 5.5 mm of skull, 5 mm of scalp (muscle, then fat), so the published F3
-    scalp positions lie on the scalp and the DLPFC sites lie in the grey-matter ribbon.
+
+def _smooth_union(depths, blend_mm: float) -> np.ndarray:
+    """Depth inside the union of shapes (a soft maximum of their depths, blended over ``blend_mm``)."""
+    out = depths[0]
+    for d in depths[1:]:
+        out = np.float32(blend_mm) * np.logaddexp(out / np.float32(blend_mm), d / np.float32(blend_mm))
+    return out.astype(np.float32)
+
+
+class _SyntheticHead:
+    """A self-made head, evaluated analytically at any point.
+
+    The brain is an ellipsoid; layers outward from its surface (depth 0): 8 mm of cortical grey
+    matter over white matter, 3 mm of CSF, 5.5 mm of skull. The head's surface is the union of
+    the cranium (the brain ellipsoid 13.5 mm out, so 5 mm of scalp, muscle then fat, lie over the
+    skull), a lower head (face, cheeks, occiput and neck: an egg-shaped ellipsoid through the
+    template's nasion, inion and preauricular points), a nose below the nasion and two ears
+    behind the preauricular points, blended over 3-5 mm; below the cranium the head is soft
+    tissue under 2.5 mm of fat. So the published F3 scalp positions lie on the scalp, the DLPFC
+    sites in the grey-matter ribbon, and the fiducials of
+    :data:`tmstarget.workflows.landmarks.FIDUCIALS_MNI` (Jurcak et al. 2007) on the skin.
     """
 
     kind = "synthetic"
@@ -90,6 +113,21 @@ class _SyntheticHead:
     _RIBBON, _CSF, _SKULL, _MUSCLE, _FAT = 8.0, 3.0, 5.5, 2.5, 2.5
     _VENTRICLES = (((-11.0, -12.0, 14.0), (5.0, 20.0, 9.0)), ((11.0, -12.0, 14.0), (5.0, 20.0, 9.0)))
     _MEDIAL_WALL = 8.0      # mm either side of the midline: medial cortex (holds the sgACC)
+    # Lower head: centre, semi-axes (x, y anterior, z) and the posterior y semi-axis, fitted so
+    # that Nz (0, 82.9, -43), Iz (0, -116.2, -30.5), LPA (-79.6, -20.6, -48.6) and RPA
+    # (80.6, -20.6, -48.1) lie on it within about 1 mm.
+    _LOWER_CENTRE, _LOWER_AXES, _LOWER_BACK = (0.0, -17.0, -42.0), (80.5, 100.0, 42.0), 103.0
+    _NOSE = ((0.0, 80.0, -62.0), (10.0, 15.0, 17.0))
+    _EARS = (((-82.0, -36.0, -45.0), (7.0, 11.0, 16.0)), ((82.0, -36.0, -45.0), (7.0, 11.0, 16.0)))
+    _BLEND_MM, _FEATURE_BLEND_MM = 5.0, 3.0
+
+    def _head_depth(self, points: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Depth (mm, approximately) below the head's surface; ``depth`` is the brain's."""
+        cranium = depth + np.float32(self._CSF + self._SKULL + self._MUSCLE + self._FAT)
+        lower = _half_ellipsoid_depth(points, self._LOWER_CENTRE, self._LOWER_AXES, 1, self._LOWER_BACK)
+        head = _smooth_union([cranium, lower], self._BLEND_MM)
+        features = [_ellipsoid_depth(points, *self._NOSE)] + [_ellipsoid_depth(points, *e) for e in self._EARS]
+        return _smooth_union([head, *features], self._FEATURE_BLEND_MM)
 
     def fields(self, grid: _Grid, to_mni=None) -> dict:
         """Tissue fields on ``grid`` (``to_mni`` maps its mm to MNI mm), as partial volumes."""
@@ -104,16 +142,19 @@ class _SyntheticHead:
             ventricles = np.maximum(ventricles, _ramp(_ellipsoid_depth(points, centre, axes), w))
         gm = (brain - wm) * (1.0 - ventricles)
         wm *= 1.0 - ventricles
-        outer = np.cumsum([self._CSF, self._SKULL, self._MUSCLE, self._FAT])
-        csf_out, skull_out, muscle_out, fat_out = (_ramp(depth + d, w) for d in outer)
+        csf_out, skull_out = (_ramp(depth + d, w) for d in np.cumsum([self._CSF, self._SKULL]))
+        head_depth = self._head_depth(points, depth)
+        head = _ramp(head_depth, w)
+        # soft tissue under the fat; never less than the skull it covers (head_depth >= cranium)
+        soft_out = np.maximum(_ramp(head_depth - self._FAT, w), skull_out)
         csf = (csf_out - brain) + ventricles * brain
-        skull, muscle, fat = skull_out - csf_out, muscle_out - skull_out, fat_out - muscle_out
+        skull, muscle, fat = skull_out - csf_out, soft_out - skull_out, head - soft_out
         t1w = 150 * csf + 500 * gm + 800 * wm + 80 * skull + 450 * muscle + 950 * fat
         return {
             "t1w": t1w.astype(np.float32),
             # fMRIPrep's brain mask takes in about half of the CSF around the brain
             "brain": _ramp(depth + 0.5 * self._CSF, w),
-            "gm": gm, "wm": wm, "csf": csf, "head": fat_out,
+            "gm": gm, "wm": wm, "csf": csf, "head": head,
         }
 
 
