@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 TEMPLATE = "MNI152NLin2009cAsym"
-# The files tmstarget.synthetic reads (its _find_template_dir); as templateflow.api.get queries.
+# The files tmstarget.synthetic reads (tmstarget.synthetic.sources._find_template_dir); as
+# templateflow.api.get queries.
 QUERIES = (
     dict(suffix="T1w", desc=None),
     dict(suffix="mask", desc="brain"),

@@ -16,6 +16,8 @@ import pytest
 from nilearn.interfaces.fmriprep import load_confounds
 
 from tmstarget import synthetic
+from tmstarget.config import DLPFC_SITES_MNI
+from tmstarget.synthetic import sources
 from tmstarget.synthetic import DECOY_MNI, PLANTED_TARGET_MNI, make_fmriprep_dataset, main
 from helpers import REAL_DATA
 
@@ -229,15 +231,15 @@ def test_nilearn_loads_the_confounds(dataset):
 
 def test_self_made_head_without_shared_data(tmp_path, monkeypatch):
     """A fresh clone has no ../shared: the self-made head and synthesized motion must do."""
-    monkeypatch.setattr(synthetic, "_SHARED_TEMPLATEFLOW", tmp_path / "absent")
-    monkeypatch.setattr(synthetic, "_SHARED_CONFOUNDS", tmp_path / "absent.tsv")
+    monkeypatch.setattr(sources, "SHARED_TEMPLATEFLOW", tmp_path / "absent")
+    monkeypatch.setattr(sources, "SHARED_CONFOUNDS", tmp_path / "absent.tsv")
     monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
     root = tmp_path / "fmriprep"
     truth = make_fmriprep_dataset(root, seed=4, **{**FAST, "templateflow_home": None, "confounds_tsv": None})
     assert truth["head"] == "synthetic" and truth["motion_source"] == "synthesized"
     anat = root / "sub-01" / "anat"
     gm = nb.load(anat / f"sub-01_space-{SPACE}_label-GM_probseg.nii.gz")
-    for site in list(synthetic.DLPFC_SITES_MNI.values()) + [truth["target_mni"]]:
+    for site in list(DLPFC_SITES_MNI.values()) + [truth["target_mni"]]:
         assert _value_at(gm, site) > 0.5, site
     assert _value_at(nb.load(anat / f"sub-01_space-{SPACE}_desc-brain_mask.nii.gz"), synthetic.SGACC_MNI) == 1
     t1w = nb.load(anat / "sub-01_desc-preproc_T1w.nii.gz").get_fdata()
@@ -278,3 +280,26 @@ def test_command_line_sessions_runs_and_participants(tmp_path, capsys):
 def test_rejects_unknown_space(tmp_path):
     with pytest.raises(ValueError):
         make_fmriprep_dataset(tmp_path, spaces=("fsaverage",), **FAST)
+
+
+def test_command_line_nonlinear_warp(tmp_path):
+    """--warp nonlinear writes antsRegistration's layout: forward affine then field, inverse field
+    then affine, both fields non-zero; the truth names the warp and no exact matrix."""
+    import h5py
+
+    out = tmp_path / "fmriprep"
+    assert main([str(out), "--volumes", "20", "--voxel-size", "4", "--anat-voxel-size", "4",
+                 "--no-shared-data", "--warp", "nonlinear"]) == 0
+    truth = json.loads((out / synthetic.TRUTH_FILE).read_text())
+    assert truth["warp"] == "nonlinear"
+    assert "mni_to_t1w" not in truth["participants"]["01"] and "mni_to_t1w_affine" in truth["participants"]["01"]
+    anat = out / "sub-01" / "anat"
+    for name, kinds in ((f"sub-01_from-T1w_to-{SPACE}_mode-image_xfm.h5", ("Affine", "DisplacementField")),
+                        (f"sub-01_from-{SPACE}_to-T1w_mode-image_xfm.h5", ("DisplacementField", "Affine"))):
+        with h5py.File(anat / name, "r") as f:
+            group = f["TransformGroup"]
+            assert [group[k]["TransformType"][0].decode().split("Transform")[0] for k in "12"] == list(kinds)
+            field = group["2" if kinds[1] == "DisplacementField" else "1"]["TransformParameters"][()]
+            assert np.abs(field).max() > 1.0     # mm: a real displacement, not the zero field
+    with pytest.raises(ValueError, match="warp"):
+        make_fmriprep_dataset(tmp_path / "bad", warp="bspline")
