@@ -24,7 +24,8 @@ from nipype.interfaces.base import (
 )
 
 from tmstarget import __version__
-from tmstarget.workflows.transforms import AXIS_COLUMNS, orthonormal_frame
+from tmstarget.workflows.coil import pose_matrix
+from tmstarget.workflows.transforms import AXIS_COLUMNS
 
 BIDS_VERSION = "1.9.0"
 
@@ -168,9 +169,7 @@ def coil_poses(table):
             continue
         # The table holds rounded axes: rebuild the exact frame from the normal and the handle.
         axes = {a: np.array([row[f"coil_{a}axis_{c}"] for c in "xyz"]) for a in "yz"}
-        pose = np.eye(4)
-        pose[:3, :3] = np.column_stack(orthonormal_frame(axes["z"], axes["y"]))
-        pose[:3, 3] = [row.coil_x, row.coil_y, row.coil_z]
+        pose = pose_matrix([row.coil_x, row.coil_y, row.coil_z], axes["z"], axes["y"])
         poses.append({"name": row["name"], "pose": pose, "target": [row.x, row.y, row.z]})
     return poses
 

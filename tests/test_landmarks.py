@@ -17,27 +17,29 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 
 from tmstarget.workflows import landmarks
+from tmstarget.workflows.comparators import ScalpTargets
+from tmstarget.workflows.greymatter import cortical_point_beneath, grey_matter_points
+from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.landmarks import (
     F3_PUBLISHED_MNI,
     FIDUCIALS_MNI,
     MOTOR_HAND_MNI,
-    ScalpTargets,
     beam_f3,
-    cortical_point_beneath,
     five_cm_rule,
-    geodesic_path,
-    grey_matter_points,
     head_measurements,
     place_beam_f3,
     place_fiducials,
+    ten_twenty_f3,
+)
+from tmstarget.workflows.scalp import project_to_scalp, scalp_mesh
+from tmstarget.workflows.surface import (
+    geodesic_path,
     point_at_distance,
     point_at_fraction,
     polyline_length,
     section_curve,
     snap_to_scalp,
-    ten_twenty_f3,
 )
-from tmstarget.workflows.scalp import head_mask, project_to_scalp, scalp_mesh
 
 TEMPLATE_DIR = (Path(__file__).resolve().parents[2] / "shared" / "data" / "templateflow"
                 / "tpl-MNI152NLin2009cAsym")

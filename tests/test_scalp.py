@@ -20,10 +20,10 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 from scipy.optimize import brentq
 
+from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.scalp import (
     SCALP_COLUMNS,
     ScalpProjection,
-    head_mask,
     project_to_scalp,
     scalp_mesh,
 )

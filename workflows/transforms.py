@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
 
+from tmstarget.workflows.coil import coil_frame, plan_distances
+
 
 def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     """Map points of a transform's reference space into its moving space.
@@ -67,14 +69,6 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
         return np.empty((0, 3))
     chain = load(str(xfm_file), fmt="itk")
     return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
-
-
-def orthonormal_frame(z_axis, y_axis):
-    """The right-handed orthonormal frame (x, y, z) closest to keeping ``z`` and then ``y``."""
-    z = np.asarray(z_axis, float) / np.linalg.norm(z_axis, axis=-1, keepdims=True)
-    y = np.asarray(y_axis, float) - (np.asarray(y_axis, float) * z).sum(-1, keepdims=True) * z
-    y /= np.linalg.norm(y, axis=-1, keepdims=True)
-    return np.cross(y, z), y, z
 
 
 #: Point columns of a targets table: each prefix names an (x, y, z) triplet in world mm.
@@ -121,22 +115,19 @@ def map_targets_table(table, xfm_file):
     if has_pose:
         centres = moved[("coil_x", "coil_y", "coil_z")]
         rows = np.isfinite(centres).all(axis=1)
-        frame = orthonormal_frame(moved["z"][rows] - centres[rows], moved["y"][rows] - centres[rows])
+        frame = coil_frame(moved["z"][rows] - centres[rows], moved["y"][rows] - centres[rows])
         for axis, values in zip("xyz", frame):
             mapped.loc[rows, list(AXIS_COLUMNS[axis])] = values
     if "scalp_distance_mm" in table:
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
+    distance, dose = plan_distances(mapped["name"], mapped[["x", "y", "z"]].to_numpy(float),
+                                    mapped["scalp_distance_mm"] if "scalp_distance_mm" in mapped
+                                    else np.full(len(mapped), np.nan))
     if "depth_adjustment_pct_mso" in table and (mapped["name"] == "motor_hand").any():
-        from tmstarget.workflows.coil import depth_dose_adjustment
-
-        motor_depth = float(mapped.loc[mapped["name"] == "motor_hand", "scalp_distance_mm"].iloc[0])
-        mapped["depth_adjustment_pct_mso"] = [depth_dose_adjustment(d, motor_depth)
-                                              for d in mapped["scalp_distance_mm"]]
+        mapped["depth_adjustment_pct_mso"] = dose
     if "distance_to_connectivity_mm" in table:
-        reference = mapped.loc[mapped["name"] == "connectivity", ["x", "y", "z"]].to_numpy(float)[0]
-        mapped["distance_to_connectivity_mm"] = np.linalg.norm(
-            mapped[["x", "y", "z"]].to_numpy(float) - reference, axis=1)
+        mapped["distance_to_connectivity_mm"] = distance
     return mapped
 
 
