@@ -192,3 +192,127 @@ def head_mask(
     out = np.zeros(image.shape, dtype=bool)
     out[box] = head
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Is it a whole head to plan a coil on?
+# --------------------------------------------------------------------------------------------
+#: A head mask smaller than this many times the brain mask is taken as a skull-stripped image.
+#: Scalp, skull and CSF add a shell of 10-15 mm around the brain (scalp-to-cortex distances of
+#: adults are about 10-25 mm: Stokes et al. 2007; Kozel et al. 2000), which on a brain of 1.2-1.9 l is
+#: 1.5-2 times its volume: measured here 1.6 (the demo head), 1.9 (SPM's cropped face-repetition
+#: head), 2.1 (MNI152NLin2009cAsym); the same images masked by their brain mask give 0.9-1.0.
+MIN_HEAD_TO_BRAIN_VOLUME = 1.3
+
+#: Plausible scalp-to-cortex distances (mm). Adults measure about 10-25 mm over motor and prefrontal
+#: cortex (Stokes et al. 2007; Kozel et al. 2000; more with atrophy): below 8 mm there is no room
+#: for scalp, skull and CSF (a brain image, or a cut head closed by a flat cap), beyond 40 mm the
+#: point is not under the scalp the coil touches.
+SCALP_DEPTH_RANGE_MM = (8.0, 40.0)
+
+#: A point within this many voxels of the image's first or last voxel lies on the cut of the
+#: field of view: the mesh closes a cut head with a flat cap there, which is not skin.
+BORDER_VOXELS = 1.5
+
+HEAD_REFERENCES = {
+    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold for "
+    "transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
+    "doi:10.1016/j.clinph.2007.04.004",
+    "Kozel2000": "Kozel FA, Nahas Z, deBrux C, et al. How coil-cortex distance relates to age, "
+    "motor threshold, and antidepressant response to repetitive transcranial magnetic "
+    "stimulation. J Neuropsychiatry Clin Neurosci. 2000;12(3):376-384. "
+    "doi:10.1176/jnp.12.3.376",
+}
+
+#: What to give instead, the end of every warning about the head.
+GIVE_A_WHOLE_HEAD = ("give fMRIPrep's head T1w (desc-preproc_T1w, not skull-stripped) whose field "
+                     "of view holds the whole head")
+
+
+def on_image_border(points, affine, shape, margin_voxels: float = BORDER_VOXELS) -> np.ndarray:
+    """Whether each point (world mm) lies outside an image or within ``margin_voxels`` of its
+    border (first or last voxel along any axis). NaN points are not on the border."""
+    points = np.atleast_2d(np.asarray(points, dtype=float))
+    ijk = (np.linalg.inv(np.asarray(affine, dtype=float)) @ np.column_stack(
+        [points, np.ones(len(points))]).T).T[:, :3]
+    last = np.asarray(shape[:3], dtype=float) - 1.0
+    with np.errstate(invalid="ignore"):
+        near = ((ijk < margin_voxels) | (ijk > last - margin_voxels)).any(axis=1)
+    return near & np.isfinite(points).all(axis=1)
+
+
+def skull_stripped(head_volume_mm3: float, brain_volume_mm3: float) -> bool:
+    """Whether a head mask this close to the brain mask's volume can only be a brain image
+    (:data:`MIN_HEAD_TO_BRAIN_VOLUME`)."""
+    return bool(brain_volume_mm3 > 0
+                and head_volume_mm3 < MIN_HEAD_TO_BRAIN_VOLUME * brain_volume_mm3)
+
+
+def head_check(head_volume_mm3: float, brain_volume_mm3: float | None, t1w_name: str):
+    """Whether the head of ``t1w_name`` can carry a plan, and the warning when it cannot.
+
+    Returns
+    -------
+    trusted : bool
+    warnings : list of str
+    """
+    if brain_volume_mm3 is None or not skull_stripped(head_volume_mm3, brain_volume_mm3):
+        return True, []
+    ratio = head_volume_mm3 / brain_volume_mm3
+    return False, [
+        f"{t1w_name}: the head mask ({head_volume_mm3 / 1000:.0f} cm3) is only {ratio:.2f} times "
+        f"the brain mask ({brain_volume_mm3 / 1000:.0f} cm3, at least "
+        f"{MIN_HEAD_TO_BRAIN_VOLUME:g} for a head): the image looks skull-stripped, there is no "
+        "scalp to put a coil on; no scalp point, coil pose, comparator or dose was computed "
+        f"(the cortical target is kept): {GIVE_A_WHOLE_HEAD}."]
+
+
+def point_checks(names, scalp_xyz, depth_mm, field_of_view, t1w_name: str, *,
+                 what="scalp point", consequence="no coil pose or dose from it"):
+    """Which scalp points can carry a coil: not on the border of the field of view, at a
+    plausible depth above their cortical point (:data:`SCALP_DEPTH_RANGE_MM`).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Row names, for the warnings.
+    scalp_xyz : array-like (K, 3)
+        Scalp points, world mm.
+    depth_mm : array-like (K,)
+        Scalp-to-cortex distances (NaN: not checked).
+    field_of_view : tuple (ndarray (4, 4), tuple) or None
+        Affine and shape of the head image; None: the border is not checked.
+    t1w_name : str
+        The head image, named in the warnings.
+    what, consequence : str
+        What the points are and what is not done when one is not trusted (for the warnings).
+
+    Returns
+    -------
+    trusted : ndarray (K,) of bool
+    warnings : list of str
+        One line per untrusted point.
+    """
+    scalp_xyz = np.atleast_2d(np.asarray(scalp_xyz, dtype=float))
+    depth_mm = np.asarray(depth_mm, dtype=float).reshape(-1)
+    border = (on_image_border(scalp_xyz, *field_of_view) if field_of_view is not None
+              else np.zeros(len(scalp_xyz), dtype=bool))
+    low, high = SCALP_DEPTH_RANGE_MM
+    with np.errstate(invalid="ignore"):
+        implausible = (depth_mm < low) | (depth_mm > high)
+    missing = ~np.isfinite(scalp_xyz).all(axis=1)
+    warnings = []
+    for name, xyz, depth, on_border, odd, absent in zip(names, scalp_xyz, depth_mm, border,
+                                                        implausible, missing):
+        if absent:
+            continue
+        where = f"the {what} of {name!r} ({', '.join(f'{v:.1f}' for v in xyz)} mm)"
+        if on_border:
+            warnings.append(f"{t1w_name}: {where} lies on the border of the image, where the "
+                            f"head is cut off: {consequence}; {GIVE_A_WHOLE_HEAD}.")
+        elif odd:
+            warnings.append(f"{t1w_name}: {where} is {depth:.1f} mm from its cortical point, "
+                            f"outside the {low:g}-{high:g} mm of adult scalp-to-cortex distances "
+                            f"(a skull-stripped or cut head?): {consequence}; "
+                            f"{GIVE_A_WHOLE_HEAD}.")
+    return ~(border | implausible | missing), warnings

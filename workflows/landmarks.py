@@ -148,6 +148,71 @@ def place_fiducials(points, vertices, faces, normals=None, *, max_snap_mm: float
     return placed, distance, snapped
 
 
+FIDUCIAL_NAMES = ("Nz", "Iz", "LPA", "RPA")
+
+
+def fiducial_checks(mapped, placed, distance_mm, snapped, border, *, t1w_name: str):
+    """Whether the fiducials can carry the 10-20 and Beam constructions, and the warnings.
+
+    A fiducial outside the image or on its border (``border``: the mapped point or its place on
+    the scalp; the head is cut there) cannot: the tapes would run over the cut. Nor can one left
+    in the air (not snapped, more than ``max_snap_mm`` of :func:`place_fiducials` outside the
+    scalp: a head unlike the template, or a wrong transform), except the nasion alone, whose
+    skin a defacing removes (the tape is then anchored in the air, which moves 10-20 F3 by about
+    1 mm on the MNI head). A fiducial mapped more than 10 mm inside the scalp is snapped onto it,
+    with a warning.
+
+    Parameters
+    ----------
+    mapped, placed : array-like (4, 3)
+        Fiducials Nz, Iz, LPA, RPA as mapped into the space, and as placed on this scalp.
+    distance_mm, snapped : array-like (4,)
+        Their distance to the scalp and whether they were snapped (:func:`place_fiducials`).
+    border : array-like (4,) of bool
+        Whether each lies outside the image or on its border (mapped or placed).
+    t1w_name : str
+        The head image, named in the warnings.
+
+    Returns
+    -------
+    trusted : bool
+    warnings : list of str
+    """
+    snapped = np.asarray(snapped, dtype=bool)
+    border = np.asarray(border, dtype=bool)
+    in_air = ~snapped
+    defaced = bool(in_air[0] and not in_air[1:].any() and not border[0])
+    trusted = not border.any() and (not in_air.any() or defaced)
+    def listed(mask):
+        return ", ".join(f"{name} ({', '.join(f'{v:.1f}' for v in point)} mm)"
+                         for name, point, m in zip(FIDUCIAL_NAMES, mapped, mask) if m)
+
+    warnings = []
+    if border.any():
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(border)} lie outside the image or "
+                        "on its border, where the head is cut off: 10-20 F3 and Beam F3 were not "
+                        "constructed; give a T1w whose field of view holds the whole head.")
+    air = in_air & ~border
+    if air.any() and defaced:
+        warnings.append(f"{t1w_name}: the fiducial {listed(air)} maps {distance_mm[0]:.1f} mm "
+                        "outside the scalp (the face removed by defacing?): the tapes are "
+                        "anchored there, in the air; give a T1w with the face for tapes from "
+                        "the skin.")
+    elif air.any():
+        distances = ", ".join(f"{d:.1f}" for d, m in zip(distance_mm, air) if m)
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(air)} map {distances} mm outside "
+                        "the scalp (a head unlike the template, or a wrong transform): 10-20 F3 "
+                        "and Beam F3 were not constructed; check the T1w and its transform to "
+                        "MNI152NLin2009cAsym.")
+    inside = ~in_air & ~border & (np.asarray(distance_mm) > 10.0)
+    if inside.any():
+        distances = ", ".join(f"{d:.1f}" for d, m in zip(distance_mm, inside) if m)
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(inside)} map {distances} mm "
+                        "inside the scalp and were put on it: check the transform to "
+                        "MNI152NLin2009cAsym.")
+    return trusted, warnings
+
+
 # --------------------------------------------------------------------------------------------
 # 10-20 system
 # --------------------------------------------------------------------------------------------

@@ -12,26 +12,26 @@ return arrays only; :class:`ScalpProjection` adapts files to them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pandas as pd
 from nibabel.affines import apply_affine, voxel_sizes
-from nipype import logging
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
 )
 from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from tmstarget.workflows.head import largest_component, head_mask
-
-LOGGER = logging.getLogger("nipype.interface")
+from tmstarget.workflows.head import head_check, head_mask, largest_component, point_checks
 
 #: Columns :class:`ScalpProjection` appends to the points table.
 SCALP_COLUMNS = ("scalp_x", "scalp_y", "scalp_z", "scalp_distance_mm", "scalp_normal_angle_deg")
@@ -290,6 +290,61 @@ def project_to_scalp(
             "vertex": vertex}
 
 
+def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=None) -> dict:
+    """The scalp mesh of a head T1w and the scalp point above each cortical point, with whether
+    each can carry a coil.
+
+    Parameters
+    ----------
+    t1w : ndarray, 3-D
+        Head T1w (not skull-stripped).
+    affine : ndarray (4, 4)
+        Its voxel-to-world (RAS mm) affine.
+    points : array-like (K, 3)
+        Cortical points, world mm of the same space.
+    names : sequence of str
+        Their names (for the warnings).
+    t1w_name : str
+        The T1w file, named in the warnings.
+    brain_volume_mm3 : float, optional
+        Volume of the brain mask; with it a skull-stripped image is recognised
+        (:func:`tmstarget.workflows.head.head_check`).
+
+    Returns
+    -------
+    dict
+        ``vertices``, ``faces``, ``normals`` (the mesh, :func:`scalp_mesh`); ``projection`` (the
+        result of :func:`project_to_scalp`); ``head_trusted`` (bool: a whole head);
+        ``trusted`` (ndarray (K,) of bool: head trusted, scalp point off the border of the field
+        of view, plausible depth); ``warnings`` (list of one-line strings).
+    """
+    zooms = tuple(voxel_sizes(affine))
+    mask = head_mask(t1w, zooms)
+    vertices, faces, normals = scalp_mesh(mask, affine)
+    projection = project_to_scalp(points, vertices, normals, faces)
+    head_volume = float(mask.sum() * np.prod(zooms))
+    head_trusted, warnings = head_check(head_volume, brain_volume_mm3, t1w_name)
+    if head_trusted:
+        trusted, point_warnings = point_checks(names, projection["scalp_xyz"],
+                                               projection["distance_mm"],
+                                               (affine, mask.shape), t1w_name)
+        warnings += point_warnings
+    else:
+        trusted = np.zeros(len(projection["distance_mm"]), dtype=bool)
+    return {"vertices": vertices, "faces": faces, "normals": normals, "projection": projection,
+            "head_trusted": head_trusted, "trusted": trusted, "warnings": warnings,
+            "shape": mask.shape}
+
+
+def brain_volume(mask_files) -> float:
+    """Volume (mm3) of the union of brain masks on one grid."""
+    reference = nb.load(mask_files[0])
+    union = np.zeros(reference.shape[:3], dtype=bool)
+    for mask_file in mask_files:
+        union |= np.asanyarray(nb.load(mask_file).dataobj).reshape(union.shape) > 0
+    return float(union.sum() * np.prod(voxel_sizes(reference.affine)))
+
+
 # --------------------------------------------------------------------------------------------
 # Nipype interface
 # --------------------------------------------------------------------------------------------
@@ -298,11 +353,17 @@ class _ScalpProjectionInputSpec(BaseInterfaceInputSpec):
                     desc="head T1w (not skull-stripped) in the computation space")
     points_file = File(exists=True, mandatory=True,
                        desc="TSV with at least the columns name, x, y, z (world mm, same space)")
+    brain_mask_files = InputMultiObject(
+        File(exists=True), desc="brain masks in the same space, one grid (the BOLD runs' masks): "
+        "a head mask close to their volume means a skull-stripped image")
 
 
 class _ScalpProjectionOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS))
-    mesh_file = File(exists=True, desc="NPZ: vertices, faces, normals (world mm), affine")
+    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS)
+                    + ", scalp_trusted")
+    mesh_file = File(exists=True, desc="NPZ: vertices, faces, normals (world mm), affine, shape "
+                     "of the T1w grid, head_trusted, t1w_file")
+    warnings_file = File(exists=True, desc="JSON list of one-line warnings")
 
 
 class ScalpProjection(SimpleInterface):
@@ -310,8 +371,10 @@ class ScalpProjection(SimpleInterface):
 
     Writes ``scalp_projection.tsv`` (the input columns unchanged, plus ``scalp_x``, ``scalp_y``,
     ``scalp_z`` (mm), ``scalp_distance_mm`` and ``scalp_normal_angle_deg``, rounded to 2 decimals,
-    ``n/a`` where undefined) and ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world
-    mm, ``faces`` (M, 3), and the T1w ``affine``) in the node's working directory.
+    ``n/a`` where undefined or not trusted, and ``scalp_trusted``, ``true`` or ``false``),
+    ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world mm, ``faces`` (M, 3), the
+    T1w ``affine`` and ``shape``, ``head_trusted`` and ``t1w_file``) and ``warnings.json`` in
+    the node's working directory.
     """
 
     input_spec = _ScalpProjectionInputSpec
@@ -322,38 +385,34 @@ class ScalpProjection(SimpleInterface):
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
-        mask = head_mask(data, tuple(voxel_sizes(img.affine)))
-        vertices, faces, normals = scalp_mesh(mask, img.affine)
-
         # Read as text so the input columns are written back byte for byte.
         table = pd.read_csv(self.inputs.points_file, sep="\t", dtype=str, keep_default_na=False)
         missing = {"name", "x", "y", "z"} - set(table.columns)
         if missing:
             raise ValueError(f"{self.inputs.points_file} lacks the column(s) {sorted(missing)}")
         points = table[["x", "y", "z"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        result = project_to_scalp(points, vertices, normals, faces)
+        brain = (brain_volume(self.inputs.brain_mask_files)
+                 if isdefined(self.inputs.brain_mask_files) and self.inputs.brain_mask_files
+                 else None)
+        result = scalp_points(data, img.affine, points, table["name"].tolist(),
+                              t1w_name=self.inputs.t1w_file, brain_volume_mm3=brain)
 
-        # A head clipped by the field of view is closed by a flat cap at the border: a scalp point
-        # there is not on the real scalp.
-        ijk = apply_affine(np.linalg.inv(img.affine), result["scalp_xyz"])
-        at_edge = ((ijk < 1.5) | (ijk > np.array(mask.shape) - 2.5)).any(axis=1)
-        for name in table["name"][at_edge]:
-            LOGGER.warning("Scalp point of %r lies at the border of the field of view of %s: the "
-                           "head may be cut off there.", name, self.inputs.t1w_file)
-        # Scalp-to-cortex distances are 10-25 mm in adults: much less suggests a brain image.
-        for name in table["name"][result["distance_mm"] < 8.0]:
-            LOGGER.warning("Point %r lies less than 8 mm from the 'scalp' of %s: is that image "
-                           "skull-stripped? A head T1w is needed.", name, self.inputs.t1w_file)
-
-        values = np.column_stack([result["scalp_xyz"], result["distance_mm"], result["angle_deg"]])
+        projection, trusted = result["projection"], result["trusted"]
+        values = np.column_stack([projection["scalp_xyz"], projection["distance_mm"],
+                                  projection["angle_deg"]])
+        values[~trusted] = np.nan  # no plan on a point that is not on the skin
         for column, value in zip(SCALP_COLUMNS, values.T):
             table[column] = [format_table_number(v) for v in value]
-        out_file = Path(runtime.cwd) / "scalp_projection.tsv"
-        table.to_csv(out_file, sep="\t", index=False)
-
-        mesh_file = Path(runtime.cwd) / "scalp_mesh.npz"
-        np.savez_compressed(mesh_file, vertices=vertices, faces=faces.astype(np.int32),
-                            normals=normals, affine=img.affine)
-        self._results["out_file"] = str(out_file)
-        self._results["mesh_file"] = str(mesh_file)
+        table["scalp_trusted"] = ["true" if t else "false" for t in trusted]
+        out = Path(runtime.cwd)
+        table.to_csv(out / "scalp_projection.tsv", sep="\t", index=False)
+        np.savez_compressed(out / "scalp_mesh.npz", vertices=result["vertices"],
+                            faces=result["faces"].astype(np.int32), normals=result["normals"],
+                            affine=img.affine, shape=np.array(result["shape"]),
+                            head_trusted=result["head_trusted"],
+                            t1w_file=str(self.inputs.t1w_file))
+        (out / "warnings.json").write_text(json.dumps(result["warnings"], indent=2))
+        self._results.update(out_file=str(out / "scalp_projection.tsv"),
+                             mesh_file=str(out / "scalp_mesh.npz"),
+                             warnings_file=str(out / "warnings.json"))
         return runtime
