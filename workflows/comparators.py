@@ -52,7 +52,12 @@ from tmstarget.workflows.landmarks import (
     place_fiducials,
     ten_twenty_construction,
 )
-from tmstarget.workflows.scalp import SCALP_COLUMNS, format_table_number, project_to_scalp
+from tmstarget.workflows.scalp import (
+    SCALP_COLUMNS,
+    format_table_number,
+    load_mask_union,
+    project_to_scalp,
+)
 from tmstarget.workflows.surface import Surface
 
 #: Names of the points published in MNI152NLin2009cAsym mm that are mapped into the space.
@@ -484,13 +489,8 @@ class ScalpTargets(SimpleInterface):
         if missing:
             raise ValueError(f"{inputs.targets_file} lacks the column(s) {sorted(missing)}")
 
-        brain_mask = None
-        if isdefined(inputs.mask_files) and inputs.mask_files:
-            reference = nb.load(inputs.mask_files[0])
-            union = np.zeros(reference.shape[:3], dtype=bool)
-            for mask_file in inputs.mask_files:
-                union |= np.asanyarray(nb.load(mask_file).dataobj).reshape(union.shape) > 0
-            brain_mask = (union, reference.affine)
+        brain_mask = (load_mask_union(inputs.mask_files)
+                      if isdefined(inputs.mask_files) and inputs.mask_files else None)
         field_of_view = ((mesh["affine"], tuple(int(n) for n in mesh["shape"]))
                          if "shape" in mesh.files else None)
 

@@ -336,13 +336,19 @@ def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=
             "shape": mask.shape}
 
 
-def brain_volume(mask_files) -> float:
-    """Volume (mm3) of the union of brain masks on one grid."""
+def load_mask_union(mask_files):
+    """The union of brain masks on one grid (the BOLD runs' masks) and its affine."""
     reference = nb.load(mask_files[0])
     union = np.zeros(reference.shape[:3], dtype=bool)
     for mask_file in mask_files:
         union |= np.asanyarray(nb.load(mask_file).dataobj).reshape(union.shape) > 0
-    return float(union.sum() * np.prod(voxel_sizes(reference.affine)))
+    return union, reference.affine
+
+
+def brain_volume(mask_files) -> float:
+    """Volume (mm3) of the union of brain masks on one grid."""
+    union, affine = load_mask_union(mask_files)
+    return float(union.sum() * np.prod(voxel_sizes(affine)))
 
 
 # --------------------------------------------------------------------------------------------
