@@ -24,7 +24,8 @@ from nipype.interfaces.base import (
 )
 
 from tmstarget import __version__
-from tmstarget.workflows.transforms import AXIS_COLUMNS, orthonormal_frame
+from tmstarget.workflows.coil import pose_matrix
+from tmstarget.workflows.transforms import AXIS_COLUMNS
 
 BIDS_VERSION = "1.9.0"
 
@@ -39,7 +40,7 @@ TARGET_COLUMNS = {
     "y": "Cortical point y, world mm (RAS).",
     "z": "Cortical point z, world mm (RAS).",
     "seed_correlation_z": "Fisher z (arctanh of Pearson r) of the seed connectivity at the target; "
-    "negative means anticorrelated.",
+    "negative means anticorrelated; n/a where the point lies outside the BOLD brain mask.",
     "cluster_size": "Voxels in the cluster the target was taken from (1 for the peak method).",
     "scalp_x": "Nearest scalp point to the target, x, world mm (RAS).",
     "scalp_y": "Nearest scalp point to the target, y, world mm (RAS).",
@@ -47,13 +48,19 @@ TARGET_COLUMNS = {
     "scalp_distance_mm": "Distance from the scalp point to the target (mm).",
     "scalp_normal_angle_deg": "Angle between the scalp-to-target direction and the inward scalp "
     "normal (degrees).",
+    "scalp_trusted": "Whether the row's scalp point can carry a plan (true/false): the head T1w "
+    "is a whole head (not skull-stripped), the point is not on the border of the image where a "
+    "cut head ends, its depth is plausible (8-40 mm), and for the comparators the fiducials or "
+    "the motor reference they are built from are on the scalp. When false the row has no coil "
+    "pose and no dose (n/a), a comparator row no values at all; QualityWarnings says why.",
     **{f"coil_{c}": f"Coil centre {c}, world mm (RAS): the scalp point." for c in "xyz"},
     **{f"coil_{axis}axis_{c}": f"Coil {name} ({c} component of a unit vector, RAS)"
        for axis, name in (("x", "left-right axis (y axis x z axis)"), ("y", "handle direction"),
                           ("z", "normal pointing into the head")) for c in "xyz"},
     "distance_to_connectivity_mm": "Distance from the row's cortical point to the connectivity target (mm).",
     "depth_adjustment_pct_mso": "Stokes et al. 2007: % of maximum stimulator output to add to the "
-    "motor threshold: 2.8 x (scalp_distance_mm - scalp_distance_mm of motor_hand).",
+    "motor threshold: 2.8 x (scalp_distance_mm - scalp_distance_mm of motor_hand); n/a when the "
+    "row's or the motor reference's scalp point is not trusted.",
 }
 
 
@@ -168,9 +175,7 @@ def coil_poses(table):
             continue
         # The table holds rounded axes: rebuild the exact frame from the normal and the handle.
         axes = {a: np.array([row[f"coil_{a}axis_{c}"] for c in "xyz"]) for a in "yz"}
-        pose = np.eye(4)
-        pose[:3, :3] = np.column_stack(orthonormal_frame(axes["z"], axes["y"]))
-        pose[:3, 3] = [row.coil_x, row.coil_y, row.coil_z]
+        pose = pose_matrix([row.coil_x, row.coil_y, row.coil_z], axes["z"], axes["y"])
         poses.append({"name": row["name"], "pose": pose, "target": [row.x, row.y, row.z]})
     return poses
 
@@ -333,6 +338,9 @@ class ParticipantDerivatives(SimpleInterface):
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")
             if "cluster_size" in table:
                 table["cluster_size"] = table["cluster_size"].astype("Int64")
+            if "scalp_trusted" in table:  # true/false, as in the JSON sidecars
+                table["scalp_trusted"] = table["scalp_trusted"].map(
+                    {True: "true", False: "false"}).fillna("n/a")
             if space == "T1w" and inputs.native_t1w:
                 exported = write_navigation_exports(inputs.output_dir, inputs.subject, table,
                                                     inputs.native_t1w, inputs.source_dir)

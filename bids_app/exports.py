@@ -95,6 +95,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from tmstarget.workflows.coil import pose_matrix
+
 __all__ = [
     "pose_from_vectors",
     "as_pose",
@@ -161,17 +163,10 @@ def pose_from_vectors(centre, inward, handle) -> np.ndarray:
     (into the head) and whose handle points along ``handle`` (projected onto the coil plane).
 
     A low-level helper (the NIBS-BIDS reader uses it); the pipeline's poses come from the scalp
-    stage (``tmstarget.workflows.coil.coil_pose``, same convention)."""
-    z = _unit(inward, "inward")
-    h = np.asarray(handle, dtype=float).reshape(3)
-    y = h - float(h @ z) * z
-    if np.linalg.norm(y) < 1e-6 * max(1.0, float(np.linalg.norm(h))):
-        raise ValueError("the handle direction is parallel to the coil normal")
-    y = _unit(y, "handle")
-    x = np.cross(y, z)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2] = x, y, z
-    pose[:3, 3] = np.asarray(centre, dtype=float).reshape(3)
+    stage (``tmstarget.workflows.coil.coil_pose``, same convention); the frame is built by
+    :func:`tmstarget.workflows.coil.coil_frame`, the one builder of coil frames."""
+    _unit(inward, "inward")
+    pose = pose_matrix(centre, inward, handle)
     if not np.all(np.isfinite(pose)):
         raise ValueError("the coil centre must be finite")
     return pose
@@ -225,7 +220,8 @@ def _targets(targets, fmt: str) -> list[tuple[str, np.ndarray, dict]]:
     return out
 
 
-def _fmt(v: float, decimals: int) -> str:
+def _fixed_point(v: float, decimals: int) -> str:
+    """``v`` with ``decimals`` decimals, never a negative zero."""
     s = f"{v:.{decimals}f}"
     return s[1:] if s.startswith("-") and float(s) == 0.0 else s  # no "-0.0000"
 
@@ -274,9 +270,9 @@ def brainsight_targets(targets: list[dict], *, coordinate_system: str = "NIfTI:A
     ]
     for name, m, _ in items:
         axes = m[:3, :3] @ _TMS_TO_BRAINSIGHT_AXES   # columns = Brainsight coil axes
-        fields = [name] + [_fmt(v, 4) for v in m[:3, 3]]
+        fields = [name] + [_fixed_point(v, 4) for v in m[:3, 3]]
         for i in range(3):                           # m{i}n{j} = component j of axis i
-            fields += [_fmt(v, 8) for v in axes[:, i]]
+            fields += [_fixed_point(v, 8) for v in axes[:, i]]
         lines.append("\t".join(fields))
     return "\n".join(lines) + "\n"
 
@@ -353,7 +349,7 @@ def localite_instrument_markers(targets: list[dict], coordinate_space: str = "RA
                      f'description={quoteattr(name)} set="true">')
         rows = []
         for r in range(4):
-            rows.append(" ".join(f'data{r}{c}="{_fmt(loc[r, c], 12)}"' for c in range(4)))
+            rows.append(" ".join(f'data{r}{c}="{_fixed_point(loc[r, c], 12)}"' for c in range(4)))
         lines.append("            <Matrix4D " + ("\n" + " " * 22).join(rows) + "/>")
         lines.append("        </Marker>")
         lines.append("    </InstrumentMarker>")
@@ -463,14 +459,14 @@ def nibs_markers(targets: list[dict], subject: str, *, t1w: str | None = None) -
             tv = np.asarray(t["target"], dtype=float).reshape(3)
             if not np.all(np.isfinite(tv)):
                 raise ValueError(f"NIBS-BIDS target {name!r}: the cortical target is not finite")
-            target = [_fmt(v, 4) for v in tv]
+            target = [_fixed_point(v, 4) for v in tv]
         transform = "[" + ",".join(
-            "[" + ",".join(_fmt(m[r, c], 4 if c == 3 else 8) for c in range(4)) + "]" for r in range(4)
+            "[" + ",".join(_fixed_point(m[r, c], 4 if c == 3 else 8) for c in range(4)) + "]" for r in range(4)
         ) + "]"
         fields = ([name, target_label] + target
-                  + [_fmt(v, 4) for v in m[:3, 3]]
-                  + [_fmt(v, 8) for v in m[:3, 2]]
-                  + [_fmt(v, 8) for v in m[:3, 1]]
+                  + [_fixed_point(v, 4) for v in m[:3, 3]]
+                  + [_fixed_point(v, 8) for v in m[:3, 2]]
+                  + [_fixed_point(v, 8) for v in m[:3, 1]]
                   + [transform])
         rows.append("\t".join(fields))
     coordsystem = {

@@ -105,3 +105,43 @@ def test_head_axes_can_be_given():
                         posterior=yaw @ [0.0, -1.0, 0.0], left_right=yaw @ [1.0, 0.0, 0.0])
     np.testing.assert_allclose(rotated[:3, :3], yaw @ reference[:3, :3], atol=1e-12)
     np.testing.assert_allclose(rotated[:3, 3], yaw @ reference[:3, 3], atol=1e-12)
+
+
+def test_coil_frame_is_gram_schmidt_and_broadcasts():
+    from tmstarget.workflows.coil import coil_frame
+
+    x, y, z = coil_frame([0.0, 0.0, -3.0], [0.0, -2.0, 5.0])  # handle tilted out of the plane
+    np.testing.assert_allclose(z, [0, 0, -1])
+    np.testing.assert_allclose(y, [0, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(x, np.cross(y, z))
+    np.testing.assert_allclose(x, [1, 0, 0], atol=1e-12)  # handle posterior, normal down: x right
+    rng = np.random.default_rng(0)
+    inward, handle = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    frames = coil_frame(inward, handle)
+    for k in range(5):
+        axes = np.array([axis[k] for axis in frames])
+        np.testing.assert_allclose(axes @ axes.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(axes) == pytest.approx(1.0)
+        assert np.dot(axes[1], handle[k]) > 0  # the handle keeps its sense
+    with pytest.raises(ValueError, match="parallel"):
+        coil_frame([0, 0, -1], [0, 0, 2])
+
+
+def test_coil_pose_axes_are_those_of_coil_frame():
+    from tmstarget.workflows.coil import coil_frame
+
+    pose = coil_pose([-40, 40, 50], [-0.6, 0.3, 0.7], 45.0)
+    frame = coil_frame(pose[:3, 2], pose[:3, 1])
+    np.testing.assert_allclose(np.column_stack(frame), pose[:3, :3], atol=1e-12)
+
+
+def test_plan_distances_known_answer():
+    from tmstarget.workflows.coil import plan_distances
+
+    names = ["connectivity", "F3_1020", "motor_hand"]
+    cortex = [[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 10.0]]
+    distance, dose = plan_distances(names, cortex, [20.0, 15.0, 14.0])
+    np.testing.assert_allclose(distance, [0.0, 5.0, 10.0])
+    np.testing.assert_allclose(dose, [2.8 * 6, 2.8 * 1, 0.0])
+    distance, dose = plan_distances(["F3_1020"], [[1.0, 2.0, 3.0]], [15.0])
+    assert np.isnan(distance).all() and np.isnan(dose).all()  # no reference rows

@@ -17,27 +17,29 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 
 from tmstarget.workflows import landmarks
+from tmstarget.workflows.comparators import ScalpTargets
+from tmstarget.workflows.greymatter import cortical_point_beneath, grey_matter_points
+from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.landmarks import (
     F3_PUBLISHED_MNI,
     FIDUCIALS_MNI,
     MOTOR_HAND_MNI,
-    ScalpTargets,
     beam_f3,
-    cortical_point_beneath,
     five_cm_rule,
-    geodesic_path,
-    grey_matter_points,
     head_measurements,
     place_beam_f3,
     place_fiducials,
+    ten_twenty_f3,
+)
+from tmstarget.workflows.scalp import project_to_scalp, scalp_mesh
+from tmstarget.workflows.surface import (
+    geodesic_path,
     point_at_distance,
     point_at_fraction,
     polyline_length,
     section_curve,
     snap_to_scalp,
-    ten_twenty_f3,
 )
-from tmstarget.workflows.scalp import head_mask, project_to_scalp, scalp_mesh
 
 TEMPLATE_DIR = (Path(__file__).resolve().parents[2] / "shared" / "data" / "templateflow"
                 / "tpl-MNI152NLin2009cAsym")
@@ -455,6 +457,55 @@ def test_interface_maps_mni_points_through_the_transform(tmp_path, monkeypatch):
                                atol=0.5)
     np.testing.assert_allclose(measurements["Fiducials"]["Mapped_mm"]["Nz"],
                                np.array(FIDUCIALS_MNI["Nz"]) + shift, atol=0.01)
+
+
+def test_comparator_outside_the_bold_mask_has_no_seed_correlation(tmp_path):
+    """A comparator whose cortical point lies outside the BOLD brain mask gets
+    seed_correlation_z n/a and a warning naming it, not the map's value there (0 in a real
+    combined map); the others keep theirs."""
+    files, _, _ = write_head(tmp_path / "inputs")
+    reference, _ = run_interface(tmp_path / "inputs", **files)
+    ref = reference.set_index("name")
+    beam = ref.loc["F3_beam", ["x", "y", "z"]].astype(float).to_numpy()
+    z_img = nb.load(files["z_file"])
+    xyz = world(z_img.affine, z_img.shape)
+    mask = (np.linalg.norm(xyz - beam, axis=-1) > 6.0).astype(np.uint8)  # a hole at Beam F3
+    mask_file = tmp_path / "inputs" / "brain_mask.nii.gz"
+    nb.Nifti1Image(mask, z_img.affine).to_filename(mask_file)
+    work = tmp_path / "masked"
+    work.mkdir()
+    table, measurements = run_interface(work, mask_files=[str(mask_file)], **files)
+    out = table.set_index("name")
+    assert out.loc["F3_beam", "seed_correlation_z"] == "n/a"
+    for name in ("connectivity", "F3_1020", "5cm", "motor_hand"):
+        assert out.loc[name, "seed_correlation_z"] == ref.loc[name, "seed_correlation_z"] != "n/a"
+    # Everything else is unchanged: the point is still there, only its connectivity is unknown.
+    pd.testing.assert_frame_equal(out.drop(columns="seed_correlation_z"),
+                                  ref.drop(columns="seed_correlation_z"))
+    masked = [w for w in measurements["QualityWarnings"] if "BOLD brain mask" in w]
+    assert len(masked) == 1 and "F3_beam" in masked[0] and "n/a" in masked[0]
+
+
+def test_fiducial_checks_defacing_cut_and_air():
+    from tmstarget.workflows.landmarks import fiducial_checks
+
+    mapped = np.array([FIDUCIALS_MNI[k] for k in ("Nz", "Iz", "LPA", "RPA")])
+    on_scalp = dict(distance_mm=[1.0, 1.5, 2.0, 0.5], snapped=[True] * 4, border=[False] * 4)
+    assert fiducial_checks(mapped, mapped, **on_scalp, t1w_name="T1w.nii.gz") == (True, [])
+    # The nasion alone in the air (defacing): trusted, with a warning.
+    trusted, warnings = fiducial_checks(mapped, mapped, [25.0, 1.5, 2.0, 0.5],
+                                        [False, True, True, True], [False] * 4, t1w_name="T1w.nii.gz")
+    assert trusted and len(warnings) == 1 and "defacing" in warnings[0] and "T1w.nii.gz" in warnings[0]
+    # Several in the air (a head unlike the template): not trusted.
+    trusted, warnings = fiducial_checks(mapped, mapped, [25.0, 15.0, 2.0, 22.0],
+                                        [False, False, True, False], [False] * 4, t1w_name="T1w.nii.gz")
+    assert not trusted and len(warnings) == 1
+    assert all(k in warnings[0] for k in ("Nz", "Iz", "RPA")) and "LPA" not in warnings[0]
+    # One on the border of the image (a cut head): not trusted, even the nasion alone.
+    trusted, warnings = fiducial_checks(mapped, mapped, [7.0, 1.5, 2.0, 0.5],
+                                        [False, True, True, True], [True, False, False, False],
+                                        t1w_name="T1w.nii.gz")
+    assert not trusted and "cut off" in warnings[0] and "Nz" in warnings[0]
 
 
 # --------------------------------------------------------------------------------------------

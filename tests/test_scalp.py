@@ -20,10 +20,10 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 from scipy.optimize import brentq
 
+from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.scalp import (
     SCALP_COLUMNS,
     ScalpProjection,
-    head_mask,
     project_to_scalp,
     scalp_mesh,
 )
@@ -367,7 +367,8 @@ def test_interface_round_trip(tmp_path):
 
     table = pd.read_csv(out_file, sep="\t", dtype=str, keep_default_na=False)
     original = pd.read_csv(points, sep="\t", dtype=str, keep_default_na=False)
-    assert list(table.columns) == list(original.columns) + list(SCALP_COLUMNS)
+    assert list(table.columns) == list(original.columns) + list(SCALP_COLUMNS) + ["scalp_trusted"]
+    assert table["scalp_trusted"].tolist() == ["true", "true", "false"]  # unknown: no point
     pd.testing.assert_frame_equal(table[original.columns], original)  # input kept verbatim
     written = table.loc[:1, list(SCALP_COLUMNS)].to_numpy().ravel()
     assert all(len(value.split(".")[1]) == 2 for value in written)  # 2 decimals
@@ -408,3 +409,179 @@ def test_mni_template_head():
     assert out["angle_deg"][0] < 5.0
     fieldtrip_f3 = np.array([-50.2, 53.1, 42.2])
     assert np.linalg.norm(scalp - fieldtrip_f3) < 15.0
+
+
+# --------------------------------------------------------------------------------------------
+# No plan on a wrong head: skull-stripped, cut by the field of view, implausible depths
+# --------------------------------------------------------------------------------------------
+def test_border_and_depth_checks():
+    from tmstarget.workflows.head import on_image_border, point_checks
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-20.0, -20.0, -20.0)  # voxels 0..20 span -20..20 mm
+    points = [[0, 0, 0], [0, 0, 18.5], [0, 0, -25], [-16.5, 0, 0], [np.nan, 0, 0]]
+    np.testing.assert_array_equal(on_image_border(points, affine, (21, 21, 21)),
+                                  [False, True, True, False, False])
+    trusted, warnings = point_checks(["ok", "top", "below", "shallow", "none"], points,
+                                     [15.0, 15.0, 15.0, 3.0, np.nan], (affine, (21, 21, 21)),
+                                     "head.nii.gz")
+    np.testing.assert_array_equal(trusted, [True, False, False, False, False])
+    assert len(warnings) == 3 and all(w.startswith("head.nii.gz: ") for w in warnings)
+    assert "'top'" in warnings[0] and "border" in warnings[0]
+    assert "'shallow'" in warnings[2] and "3.0 mm" in warnings[2]
+    assert point_checks(["deep"], [[0, 0, 0]], [45.0], None, "h")[0].tolist() == [False]
+
+
+def _masked_copy(t1w_file, mask_file, out_file):
+    """The head T1w multiplied by its brain mask: what a skull-stripped image is."""
+    img = nb.load(t1w_file)
+    mask = np.asanyarray(nb.load(mask_file).dataobj) > 0
+    data = np.asanyarray(img.dataobj, dtype=np.float32) * mask
+    nb.Nifti1Image(data, img.affine).to_filename(out_file)
+    return out_file
+
+
+def _scalp_stage(work, t1w, points, truth_gm, mask_files, z_like):
+    """ScalpProjection then ScalpTargets, as the participant graph runs them."""
+    from tmstarget.workflows.comparators import ScalpTargets
+
+    work.mkdir(parents=True, exist_ok=True)
+    projection = ScalpProjection(t1w_file=str(t1w), points_file=str(points),
+                                 brain_mask_files=mask_files).run(cwd=str(work))
+    z_file = work / "z.nii.gz"
+    nb.Nifti1Image(np.full(z_like.shape[:3], -0.2, np.float32), z_like.affine).to_filename(z_file)
+    comparators = ScalpTargets(targets_file=projection.outputs.out_file,
+                               mesh_file=projection.outputs.mesh_file, z_file=str(z_file),
+                               gm_file=str(truth_gm), mask_files=mask_files).run(cwd=str(work))
+    import json
+
+    first = pd.read_csv(projection.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
+    table = pd.read_csv(comparators.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
+    return (first, json.loads(Path(projection.outputs.warnings_file).read_text()), table,
+            json.loads(Path(comparators.outputs.measurements_file).read_text()))
+
+
+@pytest.fixture(scope="module")
+def mni_inputs(one_run_dataset, tmp_path_factory):
+    root, truth = one_run_dataset
+    anat, func = Path(root) / "sub-01" / "anat", Path(root) / "sub-01" / "func"
+    space = "space-MNI152NLin2009cAsym"
+    folder = tmp_path_factory.mktemp("wrong_heads")
+    points = folder / "targets.tsv"
+    points.write_text("name\tx\ty\tz\tseed_correlation_z\tcluster_size\n"
+                      "connectivity\t{:.2f}\t{:.2f}\t{:.2f}\t-0.3\t10\n".format(*truth["target_mni"]))
+    bold_mask = sorted(func.glob(f"*{space}_desc-brain_mask.nii.gz"))[0]
+    return {"t1w": anat / f"sub-01_{space}_desc-preproc_T1w.nii.gz",
+            "brain": anat / f"sub-01_{space}_desc-brain_mask.nii.gz",
+            "gm": anat / f"sub-01_{space}_label-GM_probseg.nii.gz",
+            "bold_mask": bold_mask, "points": points, "folder": folder}
+
+
+def test_whole_head_is_trusted(mni_inputs):
+    first, warnings, table, measurements = _scalp_stage(
+        mni_inputs["folder"] / "whole", mni_inputs["t1w"], mni_inputs["points"], mni_inputs["gm"],
+        [str(mni_inputs["bold_mask"])], nb.load(mni_inputs["bold_mask"]))
+    assert warnings == []
+    assert first["scalp_trusted"].tolist() == ["true"]
+    row = table.set_index("name").loc["connectivity"]
+    assert row["scalp_trusted"] == "true" and row["coil_zaxis_x"] != "n/a"
+    assert 8.0 < float(row["scalp_distance_mm"]) < 40.0
+    assert measurements["ScalpTrusted"]["connectivity"] is True
+    assert (table["scalp_trusted"] == "true").sum() >= 1
+
+
+def test_skull_stripped_head_gives_no_plan(mni_inputs):
+    """The head T1w masked by the brain mask: a warning naming the file and what to give, the
+    cortical target kept, and no scalp point, coil pose, comparator or dose."""
+    stripped = _masked_copy(mni_inputs["t1w"], mni_inputs["brain"],
+                            mni_inputs["folder"] / "stripped_T1w.nii.gz")
+    first, warnings, table, measurements = _scalp_stage(
+        mni_inputs["folder"] / "stripped", stripped, mni_inputs["points"], mni_inputs["gm"],
+        [str(mni_inputs["bold_mask"])], nb.load(mni_inputs["bold_mask"]))
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{stripped}: ") and "skull-stripped" in warnings[0]
+    assert "desc-preproc_T1w" in warnings[0]  # what to give instead
+    assert first["scalp_trusted"].tolist() == ["false"]
+    assert (first.loc[0, list(SCALP_COLUMNS)] == "n/a").all()
+    assert not np.load(mni_inputs["folder"] / "stripped" / "scalp_mesh.npz")["head_trusted"]
+
+    original = pd.read_csv(mni_inputs["points"], sep="\t", dtype=str, keep_default_na=False)
+    pd.testing.assert_series_equal(table.loc[0, original.columns], original.loc[0],
+                                   check_names=False)  # the cortical target is still written
+    assert table["name"].tolist() == ["connectivity", "F3_1020", "F3_beam", "5cm", "motor_hand"]
+    assert (table["scalp_trusted"] == "false").all()
+    plan = [c for c in table.columns if c.startswith(("scalp_", "coil_"))
+            and c != "scalp_trusted"] + ["depth_adjustment_pct_mso"]
+    assert (table[plan] == "n/a").all().all()
+    assert (table.loc[1:, ["x", "y", "z", "seed_correlation_z"]] == "n/a").all().all()
+    assert measurements["QualityWarnings"] == []  # said once, by ScalpProjection
+    assert not any(measurements["ScalpTrusted"].values())
+
+
+def test_head_cut_above_the_motor_cortex_gives_no_dose(mni_inputs):
+    """A head whose image ends a little above the motor hand area: the motor hot spot lies on
+    the cut, so no dose is given from it (and no 5 cm rule), while the connectivity row keeps
+    its scalp point and coil pose."""
+    img = nb.load(mni_inputs["t1w"])
+    data = np.asanyarray(img.dataobj)
+    # Keep the voxels whose world z is below 62 mm (the motor scalp lies at about 75 mm).
+    k_world = apply_affine(img.affine, np.column_stack([np.zeros(data.shape[2]),
+                                                        np.zeros(data.shape[2]),
+                                                        np.arange(data.shape[2])]))[:, 2]
+    keep = k_world < 62.0
+    assert 0 < keep.sum() < len(keep) and img.affine[2, 2] > 0
+    cut = mni_inputs["folder"] / "cut_T1w.nii.gz"
+    nb.Nifti1Image(data[:, :, keep], img.affine).to_filename(cut)
+    first, warnings, table, measurements = _scalp_stage(
+        mni_inputs["folder"] / "cut", cut, mni_inputs["points"], mni_inputs["gm"],
+        [str(mni_inputs["bold_mask"])], nb.load(mni_inputs["bold_mask"]))
+    rows = table.set_index("name")
+    assert rows.loc["motor_hand", "scalp_trusted"] == "false"
+    assert rows.loc["5cm", "scalp_trusted"] == "false"
+    assert (table["depth_adjustment_pct_mso"] == "n/a").all()
+    assert rows.loc["connectivity", "scalp_trusted"] == "true"
+    assert rows.loc["connectivity", "coil_zaxis_z"] != "n/a"
+    assert measurements["DepthAdjustment"]["ReferenceDepth_mm"] is None
+    motor = [w for w in measurements["QualityWarnings"] if "motor hot spot" in w]
+    assert len(motor) == 1 and str(cut) in motor[0] and "no dose" in motor[0]
+    assert "border" in motor[0]
+
+
+FACEREP = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-bold" / "facerep"
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not FACEREP.is_dir(), reason="../shared/data/real-bold/facerep absent")
+def test_real_cropped_head_gives_no_dose_from_a_cropped_reference(tmp_path):
+    """SPM's face-repetition head is cut by SPM's bounding box (top z = 85, back, sides, face):
+    the motor hot spot lies on the top edge (it gave +20 % MSO before), Iz, LPA, RPA on crop
+    edges and Nz outside the image. No dose, no scalp-based comparator; the warnings say so;
+    the connectivity target and its (frontal, uncut) scalp point and coil are still written."""
+    import json
+
+    from helpers import run_app
+
+    out = tmp_path / "out"
+    assert run_app(FACEREP, out, "--task-id", "facerep", "--space", "MNI152NLin6Asym",
+                   work_dir=tmp_path / "work") == 0
+    tms = out / "sub-facerep" / "tms"
+    table = pd.read_csv(tms / "sub-facerep_space-MNI152NLin6Asym_targets.tsv", sep="\t",
+                        dtype=str, keep_default_na=False).set_index("name")
+    assert (table["depth_adjustment_pct_mso"] == "n/a").all()
+    for name in ("F3_1020", "F3_beam", "5cm", "motor_hand"):
+        assert table.loc[name, "scalp_trusted"] == "false"
+        assert (table.loc[name, ["x", "scalp_x", "coil_x"]] == "n/a").all()
+    connectivity = table.loc["connectivity"]
+    assert connectivity["scalp_trusted"] == "true" and connectivity["coil_zaxis_x"] != "n/a"
+    assert float(connectivity["x"]) < 0  # left
+    sidecar = json.loads((tms / "sub-facerep_space-MNI152NLin6Asym_targets.json").read_text())
+    assert "Whether the row's scalp point" in sidecar["scalp_trusted"]["Description"]
+    warnings = sidecar["ScalpBasedTargets"]["QualityWarnings"]
+    t1w = "sub-facerep_space-MNI152NLin6Asym_res-2_desc-preproc_T1w.nii.gz"
+    assert all(t1w in w for w in warnings)
+    fiducials = [w for w in warnings if "fiducial" in w]
+    assert len(fiducials) == 1 and all(k in fiducials[0] for k in ("Nz", "Iz", "LPA", "RPA"))
+    motor = [w for w in warnings if "motor hot spot" in w]
+    assert len(motor) == 1 and "border" in motor[0] and "no dose" in motor[0]
+    assert len(warnings) == len(set(warnings))  # nothing said twice

@@ -106,3 +106,77 @@ def test_map_points_shapes(dataset):
     assert map_points(np.empty((0, 3)), files["mni_to_t1w"]).shape == (0, 3)
     with pytest.raises(ValueError):
         map_points(np.zeros((4, 2)), files["mni_to_t1w"])
+
+
+# --------------------------------------------------------------------------------------------
+# Coil poses through an anisotropic transform: normals by J^-T, tangents by J
+# --------------------------------------------------------------------------------------------
+def _angle_deg(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.degrees(np.arccos(np.clip(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b),
+                                              -1.0, 1.0))))
+
+
+def test_mapped_coil_normal_is_the_mapped_scalp_normal(tmp_path):
+    """A sphere's coil poses mapped through an anisotropic, sheared affine written as fMRIPrep's
+    .h5: the mapped coil z-axis is the normal of the mapped surface (measured independently, by
+    a plane fitted to a mapped patch of the sphere) within 3 degrees, the handle lies in the
+    mapped surface's tangent plane and keeps the sense of the mapped handle; carrying the normal
+    like a tangent (the mistake) misses by more."""
+    import pandas as pd
+
+    from tmstarget.workflows.coil import coil_pose
+    from tmstarget.workflows.transforms import AXIS_COLUMNS, map_targets_table
+
+    scale_shear = np.array([[1.25, 0.18, 0.0], [0.0, 0.85, 0.22], [0.10, 0.0, 1.1]])
+    matrix = nb.affines.from_matvec(scale_shear @ synthetic._rotation(np.radians([8.0, -5.0, 12.0])),
+                                    [4.0, -9.0, 6.0])
+    path = tmp_path / "from-A_to-B_mode-image_xfm.h5"
+    synthetic._write_itk_h5(path, matrix, centre_ras=[0.0, -15.0, 10.0],
+                            field_grid=synthetic._mni_grid(8.0).padded(5))
+
+    centre, radius = np.array([0.0, -15.0, 10.0]), 80.0
+    directions = np.array([[-0.6, 0.5, 0.6], [0.6, 0.5, 0.6], [-0.8, -0.2, 0.55], [0.1, 0.3, 0.95]])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    rows = []
+    for k, outward in enumerate(directions):
+        scalp = centre + radius * outward
+        pose = coil_pose(scalp, outward, 45.0)
+        cortex = scalp - 15.0 * outward
+        row = {"name": f"p{k}", "x": cortex[0], "y": cortex[1], "z": cortex[2],
+               "scalp_x": scalp[0], "scalp_y": scalp[1], "scalp_z": scalp[2],
+               "coil_x": scalp[0], "coil_y": scalp[1], "coil_z": scalp[2]}
+        for a, column in zip("xyz", range(3)):
+            row.update(zip(AXIS_COLUMNS[a], pose[:3, column]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    mapped = map_targets_table(table, path)
+
+    for k, outward in enumerate(directions):
+        # The mapped surface near the mapped point: a patch of the sphere (±6 degrees), mapped.
+        e1 = np.cross(outward, [0.0, 0.0, 1.0] if abs(outward[2]) < 0.9 else [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(outward, e1)
+        theta = np.radians(np.linspace(-6, 6, 7))
+        patch = np.array([centre + radius * (np.cos(a) * np.cos(b) * outward + np.sin(a) * e1
+                                             + np.cos(a) * np.sin(b) * e2)
+                          for a in theta for b in theta])
+        moved = map_points(patch, path)
+        normal = np.linalg.svd(moved - moved.mean(axis=0))[2][-1]
+        z_axis = mapped.loc[k, list(AXIS_COLUMNS["z"])].to_numpy(float)
+        y_axis = mapped.loc[k, list(AXIS_COLUMNS["y"])].to_numpy(float)
+        x_axis = mapped.loc[k, list(AXIS_COLUMNS["x"])].to_numpy(float)
+        angle = min(_angle_deg(z_axis, normal), _angle_deg(z_axis, -normal))
+        assert angle < 3.0, (k, angle)
+        # Into the mapped head: towards the mapped sphere centre.
+        assert np.dot(z_axis, map_points(centre, path)[0] - mapped.loc[k, ["coil_x", "coil_y", "coil_z"]].to_numpy(float)) > 0
+        # A right-handed orthonormal frame; the handle tangent, along the mapped handle.
+        frame = np.array([x_axis, y_axis, z_axis])
+        np.testing.assert_allclose(frame @ frame.T, np.eye(3), atol=1e-9)
+        assert np.linalg.det(frame) == pytest.approx(1.0)
+        assert abs(90.0 - _angle_deg(y_axis, normal)) < 3.0
+        handle = table.loc[k, list(AXIS_COLUMNS["y"])].to_numpy(float)
+        assert _angle_deg(y_axis, matrix[:3, :3] @ handle) < 1.0
+        # The mistake this replaces: the normal carried like a tangent.
+        wrong = matrix[:3, :3] @ table.loc[k, list(AXIS_COLUMNS["z"])].to_numpy(float)
+        assert min(_angle_deg(wrong, normal), _angle_deg(wrong, -normal)) > 5.0, k

@@ -20,7 +20,7 @@ from tmstarget.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from tmstarget.derivatives import ParticipantDerivatives
 from tmstarget.reports import ParticipantReport
 from tmstarget.workflows.combine import CombineRuns
-from tmstarget.workflows.landmarks import ScalpTargets
+from tmstarget.workflows.comparators import ScalpTargets
 from tmstarget.workflows.confounds import Denoise, denoise_mem_gb
 from tmstarget.workflows.correlation import SeedCorrelation
 from tmstarget.workflows.regions import Regions

@@ -23,7 +23,7 @@ lateral side, the side the outward scalp normal points to (negative x on the lef
 positive x on the right one). A left-hemisphere point thus gets a handle with negative y and
 negative x components; its mirror point on the right hemisphere gets the mirrored handle. Heads
 tilted in their space can pass their own posterior and left-right axes (e.g. from the
-fiducials; :class:`tmstarget.workflows.landmarks.ScalpTargets` passes inion - nasion and RPA - LPA).
+fiducials; :func:`tmstarget.workflows.comparators.scalp_comparators` passes inion - nasion and RPA - LPA).
 """
 
 from __future__ import annotations
@@ -55,6 +55,55 @@ def _unit(vector) -> np.ndarray:
     if not np.isfinite(norm) or norm == 0:
         raise ValueError(f"cannot normalize the vector {vector}")
     return vector / norm
+
+
+def coil_frame(inward, handle):
+    """The coil's right-handed orthonormal axes from its normal and its handle direction.
+
+    The one builder of a coil frame (the scalp stage, the mapping of poses between spaces and the
+    navigation exports all use it): ``z`` is ``inward`` made unit, ``y`` is ``handle`` made
+    orthogonal to ``z`` (Gram-Schmidt: the handle is projected onto the coil plane) and unit,
+    ``x = y x z``.
+
+    Parameters
+    ----------
+    inward : array-like (..., 3)
+        Coil normal pointing into the head (any length > 0).
+    handle : array-like (..., 3)
+        Direction the handle points (need not be tangent); leading dimensions broadcast, so whole
+        tables of poses go at once.
+
+    Returns
+    -------
+    x_axis, y_axis, z_axis : ndarray (..., 3)
+
+    Raises
+    ------
+    ValueError
+        If ``inward`` is zero or ``handle`` parallel to it (no coil plane direction is left).
+    """
+    inward = np.asarray(inward, dtype=float)
+    handle = np.asarray(handle, dtype=float)
+    norm = np.linalg.norm(inward, axis=-1, keepdims=True)
+    if not np.all(norm > 0):  # also refuses NaN
+        raise ValueError(f"the coil normal must be a finite non-zero vector, got {inward}")
+    z_axis = inward / norm
+    y_axis = handle - (handle * z_axis).sum(-1, keepdims=True) * z_axis
+    length = np.linalg.norm(y_axis, axis=-1, keepdims=True)
+    scale = np.maximum(1.0, np.linalg.norm(handle, axis=-1, keepdims=True))
+    if np.any(length < 1e-6 * scale):
+        raise ValueError("the handle direction is parallel to the coil normal")
+    y_axis = y_axis / length
+    return np.cross(y_axis, z_axis), y_axis, z_axis
+
+
+def pose_matrix(centre, inward, handle) -> np.ndarray:
+    """4x4 coil pose (SimNIBS ``matsimnibs`` convention) at ``centre`` (mm) from its inward
+    normal and handle direction (:func:`coil_frame`)."""
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2] = coil_frame(inward, handle)
+    pose[:3, 3] = np.asarray(centre, dtype=float).reshape(3)
+    return pose
 
 
 def coil_pose(scalp_point, scalp_normal, handle_angle_deg: float = 45.0,
@@ -118,13 +167,8 @@ def coil_pose(scalp_point, scalp_normal, handle_angle_deg: float = 45.0,
         across = -across
 
     angle = np.radians(handle_angle_deg)
-    y_axis = _unit(np.cos(angle) * handle0 + np.sin(angle) * across)
-    x_axis = np.cross(y_axis, z_axis)  # x = y x z  <=>  x, y, z right-handed
-
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2] = x_axis, y_axis, z_axis
-    pose[:3, 3] = point + coil_offset_mm * outward
-    return pose
+    handle = np.cos(angle) * handle0 + np.sin(angle) * across
+    return pose_matrix(point + coil_offset_mm * outward, z_axis, handle)
 
 
 def depth_dose_adjustment(target_depth_mm: float, motor_depth_mm: float,
@@ -140,3 +184,37 @@ def depth_dose_adjustment(target_depth_mm: float, motor_depth_mm: float,
     if not (np.isfinite(target) and np.isfinite(motor)):
         return float("nan")
     return float(slope * (target - motor))
+
+
+def plan_distances(names, cortex, depth_mm):
+    """Distance to the connectivity target and dose adjustment of every row of a targets table.
+
+    The one place where these are computed (the scalp stage, and again after a table is mapped
+    into another space).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Row names; the row ``connectivity`` is the reference of the distances, the row
+        ``motor_hand`` that of the dose (its depth is where the motor threshold was measured).
+    cortex : array-like (K, 3)
+        Cortical point of each row, world mm.
+    depth_mm : array-like (K,)
+        Scalp-to-cortex distance of each row (``scalp_distance_mm``) as reported.
+
+    Returns
+    -------
+    distance_to_connectivity_mm, depth_adjustment_pct_mso : ndarray (K,)
+        NaN where undefined (no such reference row, or a NaN input).
+    """
+    names = np.asarray(names, dtype=object)
+    cortex = np.asarray(cortex, dtype=float).reshape(-1, 3)
+    depth = np.asarray(depth_mm, dtype=float).reshape(-1)
+    connectivity = np.flatnonzero(names == "connectivity")
+    reference = cortex[connectivity[0]] if connectivity.size else np.full(3, np.nan)
+    motor = np.flatnonzero(names == "motor_hand")
+    motor_depth = depth[motor[0]] if motor.size else float("nan")
+    distance = np.linalg.norm(cortex - reference, axis=1)
+    dose = np.array([depth_dose_adjustment(d, motor_depth) for d in depth])
+    return distance, dose
+

@@ -1,35 +1,19 @@
-"""Scalp-based comparators of the connectivity target, constructed on the participant's own scalp.
+"""The published scalp landmark constructions, placed on this head as a technician would.
 
-Three ways of aiming at the left DLPFC without imaging are placed on the scalp mesh of this head
-(:func:`tmstarget.workflows.scalp.scalp_mesh`), as a technician would place them with a tape measure:
+Three ways of aiming at the left DLPFC without imaging, and what they start from:
 
-- **10-20 F3** (:func:`ten_twenty_f3`): the international 10-20 construction from the nasion,
-  inion and preauricular points;
+- the **fiducials** (nasion Nz, inion Iz, preauricular points LPA/RPA): published MNI positions
+  mapped into the computation space by the caller and put on this scalp (:func:`place_fiducials`);
+- **10-20 F3** (:func:`ten_twenty_f3`): the international 10-20 construction from the fiducials;
 - **Beam F3** (:func:`beam_f3`, :func:`place_beam_f3`): the Beam et al. (2009) formula from three
   head measurements (:func:`head_measurements`);
-- **the "5 cm rule"** (:func:`five_cm_rule`): 5 cm anterior of the motor hand area along the
-  scalp.
-
-For each, the cortical point beneath (:func:`cortical_point_beneath`, the nearest grey-matter
-voxel) is what the coil would stimulate; :class:`ScalpTargets` writes them next to the
-connectivity target with the coil pose (:mod:`tmstarget.workflows.coil`), the distance to the connectivity
-target and the depth-adjusted dose.
+- the **motor hand area** (:data:`MOTOR_HAND_MNI`) and **the "5 cm rule"** (:func:`five_cm_rule`):
+  5 cm anterior of the motor hot spot along the scalp.
 
 All coordinates are world millimetres, RAS, of the computation space (the space of the mesh).
-Published landmark positions are given in MNI152NLin2009cAsym millimetres and mapped into the
-computation space by the caller (``from_mni_xfm``, :func:`tmstarget.workflows.transforms.map_points`).
-
-Curves on the scalp
--------------------
-The 10-20 lines are *plane sections* of the scalp: the curve where the plane through three points
-(e.g. nasion, vertex, inion) cuts the surface, followed from the first point through the second
-to the third. That is the construction of Oostenveld & Praamstra (2001; FieldTrip
-``elec1020_locate``/``elec1020_follow``) and of Jurcak et al. (2007). Lengths along them are
-those of a taut tape in that plane: the curve's convex envelope in the plane, which bridges
-concavities (the nasion notch, the temples) as a tape measure does; marks are pressed onto the
-skin beneath. On the convex cranium tape and skin coincide. Distances between two points without
-a defining plane (Beam's Y from the vertex, towards a point) are geodesics
-(:func:`geodesic_path`): the shortest path along the surface.
+Published positions are given in MNI152NLin2009cAsym millimetres. The curves, geodesics and tapes
+are those of :mod:`tmstarget.workflows.surface`; the comparator rows built from these points are
+:mod:`tmstarget.workflows.comparators`.
 
 Defaced heads
 -------------
@@ -41,34 +25,19 @@ MNI152NLin2009cAsym head, removing the face with the nasion moves the 10-20 F3 b
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import NamedTuple
 
-import nibabel as nb
 import numpy as np
-import pandas as pd
-from nibabel.affines import apply_affine
-from nipype import logging
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
-from scipy import sparse
-from scipy.sparse.csgraph import dijkstra
-from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-from tmstarget.workflows.coil import (
-    COIL_REFERENCES,
-    STOKES_SLOPE_PCT_PER_MM,
-    coil_pose,
-    depth_dose_adjustment,
+from tmstarget.workflows.coil import COIL_REFERENCES
+from tmstarget.workflows.surface import (
+    Surface,
+    Tape,
+    as_surface,
+    geodesic_path,
+    point_at_distance,
+    walk_in_plane,
 )
-from tmstarget.workflows.scalp import SCALP_COLUMNS, project_to_scalp, vertex_normals
-
-LOGGER = logging.getLogger("nipype.interface")
 
 # --------------------------------------------------------------------------------------------
 # Published constants (MNI152 millimetres, RAS)
@@ -150,71 +119,8 @@ FIVE_CM_MM = 50.0
 
 
 # --------------------------------------------------------------------------------------------
-# Mesh helpers
+# Fiducials
 # --------------------------------------------------------------------------------------------
-class _Surface:
-    """A triangle mesh with the look-up structures the constructions reuse."""
-
-    def __init__(self, vertices, faces, normals=None):
-        self.vertices = np.asarray(vertices, dtype=float)
-        self.faces = np.asarray(faces, dtype=np.int64)
-        if self.vertices.ndim != 2 or self.vertices.shape[1] != 3 or len(self.vertices) < 4:
-            raise ValueError("vertices must be an (N, 3) array of at least 4 points")
-        if self.faces.ndim != 2 or self.faces.shape[1] != 3:
-            raise ValueError("faces must be an (M, 3) array of vertex indices")
-        self.normals = (vertex_normals(self.vertices, self.faces) if normals is None
-                        else np.asarray(normals, dtype=float))
-        self.tree = cKDTree(self.vertices)
-        self._graph = None
-
-    @property
-    def graph(self):
-        """Sparse symmetric edge graph weighted by edge length (mm)."""
-        if self._graph is None:
-            n = len(self.vertices)
-            edges = np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]],
-                                    self.faces[:, [2, 0]]])
-            edges = np.sort(edges, axis=1)
-            keys = np.unique(edges[:, 0] * n + edges[:, 1])  # each undirected edge once
-            edges = np.column_stack([keys // n, keys % n])
-            length = np.linalg.norm(self.vertices[edges[:, 0]] - self.vertices[edges[:, 1]], axis=1)
-            graph = sparse.coo_matrix((length, (edges[:, 0], edges[:, 1])), shape=(n, n))
-            self._graph = (graph + graph.T).tocsr()
-        return self._graph
-
-    def nearest_vertex(self, points):
-        """Index and position of the nearest vertex of each point."""
-        points = np.atleast_2d(np.asarray(points, dtype=float))
-        _, index = self.tree.query(points)
-        return index, self.vertices[index]
-
-    def to_surface(self, points):
-        """Points moved onto the tangent plane of their nearest vertex (sub-voxel projection)."""
-        points = np.atleast_2d(np.asarray(points, dtype=float))
-        _, index = self.tree.query(points)
-        normal = self.normals[index]
-        offset = np.einsum("ij,ij->i", points - self.vertices[index], normal)
-        return points - offset[:, None] * normal
-
-
-def _as_surface(vertices, faces) -> _Surface:
-    return vertices if isinstance(vertices, _Surface) else _Surface(vertices, faces)
-
-
-def snap_to_scalp(points, vertices, faces=None):
-    """Nearest scalp vertex of each point, and its distance (mm).
-
-    Returns
-    -------
-    snapped : ndarray (K, 3)
-    distance_mm : ndarray (K,)
-    """
-    points = np.atleast_2d(np.asarray(points, dtype=float))
-    vertices = vertices.vertices if isinstance(vertices, _Surface) else np.asarray(vertices, float)
-    distance, index = cKDTree(vertices).query(points)
-    return vertices[index], distance
-
-
 def place_fiducials(points, vertices, faces, normals=None, *, max_snap_mm: float = 6.0):
     """Put mapped fiducials on this scalp: snapped to the nearest scalp vertex, unless the face
     is missing there.
@@ -231,7 +137,7 @@ def place_fiducials(points, vertices, faces, normals=None, *, max_snap_mm: float
         Distance from each mapped point to its nearest vertex.
     snapped : ndarray (K,) of bool
     """
-    surface = _as_surface(vertices, faces)
+    surface = as_surface(vertices, faces)
     points = np.atleast_2d(np.asarray(points, dtype=float))
     distance, index = surface.tree.query(points)
     nearest = surface.vertices[index]
@@ -242,295 +148,75 @@ def place_fiducials(points, vertices, faces, normals=None, *, max_snap_mm: float
     return placed, distance, snapped
 
 
-# --------------------------------------------------------------------------------------------
-# Polylines
-# --------------------------------------------------------------------------------------------
-def polyline_length(polyline) -> float:
-    """Length (mm) of an open polyline (K, 3)."""
-    polyline = np.asarray(polyline, dtype=float)
-    return float(np.linalg.norm(np.diff(polyline, axis=0), axis=1).sum())
+FIDUCIAL_NAMES = ("Nz", "Iz", "LPA", "RPA")
 
 
-def point_at_distance(polyline, distance_mm: float) -> np.ndarray:
-    """Point at arc length ``distance_mm`` from the start of a polyline (clamped to its ends)."""
-    polyline = np.asarray(polyline, dtype=float)
-    steps = np.linalg.norm(np.diff(polyline, axis=0), axis=1)
-    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
-    if len(polyline) == 1 or cumulative[-1] == 0:
-        return polyline[0].copy()
-    distance = float(np.clip(distance_mm, 0.0, cumulative[-1]))
-    i = int(np.clip(np.searchsorted(cumulative, distance, side="right") - 1, 0, len(steps) - 1))
-    t = (distance - cumulative[i]) / steps[i] if steps[i] > 0 else 0.0
-    return polyline[i] + t * (polyline[i + 1] - polyline[i])
+def fiducial_checks(mapped, placed, distance_mm, snapped, border, *, t1w_name: str):
+    """Whether the fiducials can carry the 10-20 and Beam constructions, and the warnings.
 
-
-def point_at_fraction(polyline, fraction: float) -> np.ndarray:
-    """Point at ``fraction`` (0 = start, 1 = end) of the arc length of a polyline."""
-    return point_at_distance(polyline, float(fraction) * polyline_length(polyline))
-
-
-def _nearest_on_segments(a, b, point):
-    """The segment (a[i], b[i]) nearest ``point``: its index, the fraction along it, the distance
-    (mm) and every segment's length."""
-    ab = b - a
-    denom = np.einsum("ij,ij->i", ab, ab)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.clip(np.einsum("ij,ij->i", np.asarray(point) - a, ab) / denom, 0.0, 1.0)
-    t = np.nan_to_num(t)
-    distance = np.linalg.norm(a + t[:, None] * ab - point, axis=1)
-    i = int(np.argmin(distance))
-    return i, t[i], float(distance[i]), np.sqrt(denom)
-
-
-def _split_at(polyline, point):
-    """Arc length from the start of a polyline to its point nearest ``point``."""
-    polyline = np.asarray(polyline, dtype=float)
-    i, t, _, steps = _nearest_on_segments(polyline[:-1], polyline[1:], point)
-    return float(steps[:i].sum() + t * steps[i])
-
-
-def _resample(polyline, spacing):
-    """Polyline resampled at (about) uniform arc-length spacing, ends kept."""
-    length = polyline_length(polyline)
-    n = max(int(np.ceil(length / spacing)), 1)
-    return np.array([point_at_distance(polyline, d) for d in np.linspace(0.0, length, n + 1)])
-
-
-# --------------------------------------------------------------------------------------------
-# Geodesics
-# --------------------------------------------------------------------------------------------
-def geodesic_path(vertices, faces, start, end, *, refine: bool = True):
-    """Shortest path along the mesh surface between two points.
-
-    Dijkstra's algorithm on the edge graph (``scipy.sparse.csgraph.dijkstra``) from the vertex
-    nearest ``start`` to the vertex nearest ``end`` gives the route; edge paths zigzag (on a
-    marching-cubes mesh they are 5-10 % too long), so the route is then straightened on the
-    surface: resampled at 8, 4, 2 and 1 mm and relaxed (each inner point moved to the midpoint of
-    its neighbours, then back onto the surface, the tangent plane of its nearest vertex) until it
-    is a discrete geodesic. On a sphere the length is within 0.5 % of R x angle.
+    A fiducial outside the image or on its border (``border``: the mapped point or its place on
+    the scalp; the head is cut there) cannot: the tapes would run over the cut. Nor can one left
+    in the air (not snapped, more than ``max_snap_mm`` of :func:`place_fiducials` outside the
+    scalp: a head unlike the template, or a wrong transform), except the nasion alone, whose
+    skin a defacing removes (the tape is then anchored in the air, which moves 10-20 F3 by about
+    1 mm on the MNI head). A fiducial mapped more than 10 mm inside the scalp is snapped onto it,
+    with a warning.
 
     Parameters
     ----------
-    vertices : ndarray (N, 3)
-    faces : ndarray (M, 3) of int
-    start, end : array-like (3,)
-        World mm; points off the mesh go to their nearest vertex.
-    refine : bool
-        Straighten the edge path (default). ``False`` returns the Dijkstra edge path.
+    mapped, placed : array-like (4, 3)
+        Fiducials Nz, Iz, LPA, RPA as mapped into the space, and as placed on this scalp.
+    distance_mm, snapped : array-like (4,)
+        Their distance to the scalp and whether they were snapped (:func:`place_fiducials`).
+    border : array-like (4,) of bool
+        Whether each lies outside the image or on its border (mapped or placed).
+    t1w_name : str
+        The head image, named in the warnings.
 
     Returns
     -------
-    polyline : ndarray (K, 3)
-        From the start point (on the surface) to the end point.
-    length_mm : float
+    trusted : bool
+    warnings : list of str
     """
-    surface = _as_surface(vertices, faces)
-    (i_start, i_end), _ = surface.nearest_vertex(np.array([start, end], dtype=float))
-    if i_start == i_end:
-        point = surface.vertices[i_start]
-        return np.array([point, point]), 0.0
-    dist, predecessors = dijkstra(surface.graph, directed=False, indices=int(i_start),
-                                  return_predecessors=True)
-    if not np.isfinite(dist[i_end]):
-        raise ValueError("start and end are on disconnected parts of the mesh")
-    route = [int(i_end)]
-    while route[-1] != i_start:
-        route.append(int(predecessors[route[-1]]))
-    path = surface.vertices[route[::-1]]
-    # Start and end projected onto the surface near their vertices.
-    ends = surface.to_surface(np.array([start, end], dtype=float))
-    if np.linalg.norm(ends[0] - path[0]) < 3.0:
-        path[0] = ends[0]
-    if np.linalg.norm(ends[1] - path[-1]) < 3.0:
-        path[-1] = ends[1]
-    if refine:
-        path = _straighten(surface, path)
-    return path, polyline_length(path)
+    snapped = np.asarray(snapped, dtype=bool)
+    border = np.asarray(border, dtype=bool)
+    in_air = ~snapped
+    defaced = bool(in_air[0] and not in_air[1:].any() and not border[0])
+    trusted = not border.any() and (not in_air.any() or defaced)
+    def listed(mask):
+        return ", ".join(f"{name} ({', '.join(f'{v:.1f}' for v in point)} mm)"
+                         for name, point, m in zip(FIDUCIAL_NAMES, mapped, mask) if m)
 
-
-def _straighten(surface: _Surface, path: np.ndarray) -> np.ndarray:
-    """Relax a surface path with fixed ends towards a geodesic, coarse to fine."""
-    length = polyline_length(path)
-    for spacing in (8.0, 4.0, 2.0, 1.0):
-        if length < 2 * spacing:
-            continue
-        path = _resample(path, spacing)
-        n_inner = len(path) - 2
-        # Smoothing diffuses over ~n**2 iterations; finer levels only remove local kinks.
-        n_iter = int(min(max(2 * n_inner**2, 60), 1500)) if spacing == 8.0 else 60
-        for _ in range(n_iter):
-            middle = 0.5 * (path[:-2] + path[2:])
-            moved = surface.to_surface(middle)
-            change = np.abs(moved - path[1:-1]).max()
-            path[1:-1] = moved
-            if change < 1e-4:
-                break
-        length = polyline_length(path)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Plane sections
-# --------------------------------------------------------------------------------------------
-def _section_loops(surface: _Surface, origin, normal):
-    """Closed curves where the plane (origin, normal) cuts the mesh: a list of (K, 3) arrays."""
-    vertices, faces = surface.vertices, surface.faces
-    normal = np.asarray(normal, dtype=float)
-    normal = normal / np.linalg.norm(normal)
-    d = (vertices - np.asarray(origin, dtype=float)) @ normal
-    d[d == 0] = 1e-12  # a vertex exactly on the plane counts as above it
-    above = d > 0
-    edges = np.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=1)  # (M, 3, 2)
-    crossing = above[edges[..., 0]] != above[edges[..., 1]]
-    cut = crossing.sum(axis=1) == 2
-    if not cut.any():
-        return []
-    cut_edges = edges[cut][crossing[cut]].reshape(-1, 2, 2)  # two crossing edges per cut face
-    pairs = np.sort(cut_edges.reshape(-1, 2), axis=1)
-    n_vertices = len(vertices)
-    keys, inverse = np.unique(pairs[:, 0] * n_vertices + pairs[:, 1], return_inverse=True)
-    inverse = inverse.reshape(-1, 2)  # per cut face: its two edge points
-    a, b = keys // n_vertices, keys % n_vertices
-    t = d[a] / (d[a] - d[b])
-    points = vertices[a] + t[:, None] * (vertices[b] - vertices[a])
-
-    # Each edge point belongs to two cut faces: degree 2, the segments form closed loops.
-    n = len(keys)
-    neighbours = np.full((n, 2), -1, dtype=np.int64)
-    fill = np.zeros(n, dtype=np.int64)
-    for p, q in inverse:
-        if fill[p] < 2:
-            neighbours[p, fill[p]] = q
-            fill[p] += 1
-        if fill[q] < 2:
-            neighbours[q, fill[q]] = p
-            fill[q] += 1
-    visited = np.zeros(n, dtype=bool)
-    loops = []
-    for seed in range(n):
-        if visited[seed]:
-            continue
-        order, previous, current = [seed], -1, seed
-        visited[seed] = True
-        while True:
-            options = [k for k in neighbours[current] if k >= 0 and k != previous]
-            if not options:
-                break
-            nxt = options[0]
-            if nxt == seed or visited[nxt]:
-                break
-            visited[nxt] = True
-            order.append(nxt)
-            previous, current = current, nxt
-        if len(order) >= 3:
-            loops.append(points[order])
-    return loops
-
-
-def _locate_on_loop(loop, point):
-    """Arc-length position (mm from loop[0], along the closed loop) of the loop point nearest
-    ``point``, its distance, and the loop's cumulative lengths."""
-    closed = np.vstack([loop, loop[:1]])
-    i, t, distance, steps = _nearest_on_segments(closed[:-1], closed[1:], point)
-    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
-    return float(cumulative[i] + t * steps[i]), distance, cumulative
-
-
-def _loop_arc(loop, s_from, s_to, cumulative):
-    """Polyline along a closed loop from arc position s_from forward to s_to."""
-    total = cumulative[-1]
-    closed = np.vstack([loop, loop[:1]])
-    span = (s_to - s_from) % total
-    inner = (cumulative[:-1] - s_from) % total
-    keep = np.flatnonzero((inner > 1e-9) & (inner < span - 1e-9))
-    keep = keep[np.argsort(inner[keep])]
-
-    def at(s):
-        s = s % total
-        i = int(np.clip(np.searchsorted(cumulative, s, side="right") - 1, 0, len(loop) - 1))
-        step = cumulative[i + 1] - cumulative[i]
-        t = (s - cumulative[i]) / step if step > 0 else 0.0
-        return closed[i] + t * (closed[i + 1] - closed[i])
-
-    return np.vstack([at(s_from), closed[keep], at(s_from + span)])
-
-
-def section_curve(vertices, faces, first, through, last, *, off_surface_mm: float = 0.5):
-    """Scalp curve from ``first`` through ``through`` to ``last`` in the plane of the three points.
-
-    The plane through the three points cuts the mesh in one or more closed curves; the one
-    passing nearest the three points is followed from the point nearest ``first``, in the
-    direction that passes ``through``, to the point nearest ``last`` (a tape laid over the head
-    from ``first`` to ``last`` across ``through``, in one plane). An end point more than
-    ``off_surface_mm`` from the curve (off the skin, e.g. a nasion where the face was removed)
-    is added as the first (last) point.
-
-    Returns
-    -------
-    ndarray (K, 3)
-        Polyline (on the surface but for such end points).
-    """
-    return _section(_as_surface(vertices, faces), first, through, last, off_surface_mm)[1]
-
-
-def _section(surface: _Surface, first, through, last, off_surface_mm: float = 0.5):
-    """The plane-section curve on the skin, and the same with off-skin end points added."""
-    first, through, last = (np.asarray(p, dtype=float) for p in (first, through, last))
-    normal = np.cross(through - first, last - first)
-    if np.linalg.norm(normal) < 1e-9:
-        raise ValueError("the three points of a section are collinear")
-    loops = _section_loops(surface, first, normal)
-    if not loops:
-        raise ValueError("the section plane does not cut the scalp mesh")
-    best = None
-    for loop in loops:
-        located = [_locate_on_loop(loop, p) for p in (first, through, last)]
-        worst = max(item[1] for item in located)
-        if best is None or worst < best[0]:
-            best = (worst, loop, located)
-    _, loop, ((s_a, d_a, cumulative), (s_c, _, _), (s_b, d_b, _)) = best
-    total = cumulative[-1]
-    if (s_c - s_a) % total <= (s_b - s_a) % total:
-        arc = _loop_arc(loop, s_a, s_b, cumulative)
-    else:  # the other way round: reverse the loop
-        reverse = loop[::-1]
-        s_a2, _, cumulative2 = _locate_on_loop(reverse, first)
-        s_b2, _, _ = _locate_on_loop(reverse, last)
-        arc = _loop_arc(reverse, s_a2, s_b2, cumulative2)
-    # End points off the skin (a fiducial where the face was removed) are kept: the curve
-    # starts (ends) with the straight step from (to) them.
-    anchored = arc
-    if d_a > off_surface_mm:
-        anchored = np.vstack([first, anchored])
-    if d_b > off_surface_mm:
-        anchored = np.vstack([anchored, last])
-    return arc, anchored
-
-
-def _walk_in_plane(surface: _Surface, start, normal, direction, distance_mm):
-    """Point ``distance_mm`` along the plane section (plane through ``start`` with ``normal``)
-    from ``start``, leaving it in the sense of ``direction``; and the polyline walked."""
-    start = np.asarray(start, dtype=float)
-    loops = _section_loops(surface, start, normal)
-    if not loops:
-        raise ValueError("the section plane does not cut the scalp mesh")
-    located = [_locate_on_loop(loop, start) for loop in loops]
-    k = int(np.argmin([item[1] for item in located]))
-    loop = loops[k]
-    for candidate in (loop, loop[::-1]):
-        s0, _, cumulative = _locate_on_loop(candidate, start)
-        total = cumulative[-1]
-        ahead = _loop_arc(candidate, s0, s0 + min(5.0, 0.25 * total), cumulative)
-        if np.dot(ahead[-1] - ahead[0], direction) > 0:
-            path = _loop_arc(candidate, s0, s0 + min(distance_mm + 1.0, 0.95 * total), cumulative)
-            return point_at_distance(path, distance_mm), path
-    raise ValueError("could not orient the section curve")
+    warnings = []
+    if border.any():
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(border)} lie outside the image or "
+                        "on its border, where the head is cut off: 10-20 F3 and Beam F3 were not "
+                        "constructed; give a T1w whose field of view holds the whole head.")
+    air = in_air & ~border
+    if air.any() and defaced:
+        warnings.append(f"{t1w_name}: the fiducial {listed(air)} maps {distance_mm[0]:.1f} mm "
+                        "outside the scalp (the face removed by defacing?): the tapes are "
+                        "anchored there, in the air; give a T1w with the face for tapes from "
+                        "the skin.")
+    elif air.any():
+        distances = ", ".join(f"{d:.1f}" for d, m in zip(distance_mm, air) if m)
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(air)} map {distances} mm outside "
+                        "the scalp (a head unlike the template, or a wrong transform): 10-20 F3 "
+                        "and Beam F3 were not constructed; check the T1w and its transform to "
+                        "MNI152NLin2009cAsym.")
+    inside = ~in_air & ~border & (np.asarray(distance_mm) > 10.0)
+    if inside.any():
+        distances = ", ".join(f"{d:.1f}" for d, m in zip(distance_mm, inside) if m)
+        warnings.append(f"{t1w_name}: the fiducial(s) {listed(inside)} map {distances} mm "
+                        "inside the scalp and were put on it: check the transform to "
+                        "MNI152NLin2009cAsym.")
+    return trusted, warnings
 
 
 # --------------------------------------------------------------------------------------------
 # 10-20 system
 # --------------------------------------------------------------------------------------------
-def _initial_vertex(surface: _Surface, nz, iz, lpa, rpa):
+def _initial_vertex(surface: Surface, nz, iz, lpa, rpa):
     """The scalp point above the centre of the fiducials (FieldTrip's first vertex guess)."""
     centre = (nz + iz + lpa + rpa) / 4.0
     up = np.cross(rpa - lpa, nz - iz)
@@ -544,74 +230,31 @@ def _initial_vertex(surface: _Surface, nz, iz, lpa, rpa):
     return surface.vertices[candidates[np.argmax(along[candidates])]]
 
 
-def _taut(curve, through):
-    """The tape over a plane curve: its convex envelope in the plane, from its first to its last
-    point on the side of ``through``. Concavities (the nasion notch, the temples, a defaced
-    region) are bridged as a tape bridges them. The curve itself when its ends are not on the
-    envelope."""
-    curve = np.asarray(curve, dtype=float)
-    if len(curve) < 4:
-        return curve
-    origin = curve[0]
-    chord = curve[-1] - origin
-    if np.linalg.norm(chord) < 1e-6:
-        return curve
-    e1 = chord / np.linalg.norm(chord)
-    centred = curve - curve.mean(axis=0)
-    normal = np.linalg.svd(centred, full_matrices=False)[2][-1]
-    e2 = np.cross(normal, e1)
-    uv = np.column_stack([(curve - origin) @ e1, (curve - origin) @ e2])
-    try:
-        hull = ConvexHull(uv).vertices  # counter-clockwise
-    except QhullError:
-        return curve
-    last = len(curve) - 1
-    where = {int(v): k for k, v in enumerate(hull)}
-    if 0 not in where or last not in where:
-        return curve
-    n = len(hull)
-    a, b = where[0], where[last]
-    forward = [hull[(a + k) % n] for k in range((b - a) % n + 1)]
-    backward = [hull[(a - k) % n] for k in range((a - b) % n + 1)]
-    side = np.sign(np.dot(np.asarray(through, dtype=float) - origin, e2)) or 1.0
-    chain = max((forward, backward), key=lambda c: float(np.mean(uv[c, 1] * side)))
-    return curve[np.asarray(chain)]
+
+class TenTwenty(NamedTuple):
+    """A 10-20 construction on a scalp: the points, the tapes they were measured on and the
+    warnings of the construction (one-line strings)."""
+
+    points: dict
+    tapes: dict
+    warnings: list
 
 
-class _Tape:
-    """A tape laid over the scalp from ``first`` through ``through`` to ``last`` in their plane.
+def ten_twenty_construction(surface, nz, iz, lpa, rpa, *, max_iter: int = 50,
+                            tol_mm: float = 0.05) -> TenTwenty:
+    """10-20 points, the tapes they were measured on, and warnings (see :func:`ten_twenty_f3`).
 
-    ``curve`` is the plane section of the skin (:func:`section_curve`, with end points off the
-    skin added), ``skin`` the same without them; ``taut`` is the tape (:func:`_taut`), whose length
-    is the measurement. A mark at a distance along the tape is pressed onto the skin: the nearest
-    point of the skin curve.
-    """
-
-    def __init__(self, surface: _Surface, first, through, last):
-        self.skin, self.curve = _section(surface, first, through, last)
-        self.taut = _taut(self.curve, through)
-        self.length = polyline_length(self.taut)
-
-    def at(self, distance_mm):
-        point = point_at_distance(self.taut, distance_mm)
-        return point_at_distance(self.skin, _split_at(self.skin, point))
-
-    def fraction(self, fraction):
-        return self.at(fraction * self.length)
-
-    def position(self, point):
-        """Distance along the tape of the tape point nearest ``point``."""
-        return _split_at(self.taut, np.asarray(point, dtype=float))
-
-
-def _ten_twenty(surface: _Surface, nz, iz, lpa, rpa, *, max_iter: int = 50, tol_mm: float = 0.05):
-    """10-20 points and the tapes they were measured on."""
+    ``surface`` is a :class:`tmstarget.workflows.surface.Surface` (or a ``(vertices, faces)``
+    pair)."""
+    if not isinstance(surface, Surface):
+        surface = as_surface(*surface)
+    warnings = []
     nz, iz, lpa, rpa = (np.asarray(p, dtype=float) for p in (nz, iz, lpa, rpa))
     cz = _initial_vertex(surface, nz, iz, lpa, rpa)
     converged, step = False, np.inf
     for _ in range(max_iter):
-        cz_midline = _Tape(surface, nz, cz, iz).fraction(0.5)
-        cz_new = _Tape(surface, lpa, cz_midline, rpa).fraction(0.5)
+        cz_midline = Tape(surface, nz, cz, iz).fraction(0.5)
+        cz_new = Tape(surface, lpa, cz_midline, rpa).fraction(0.5)
         step = max(np.linalg.norm(cz_new - cz), np.linalg.norm(cz_midline - cz))
         # Damped update: the two midpoints pull along different axes.
         cz = surface.to_surface(0.5 * (cz_new + cz_midline))[0]
@@ -619,27 +262,28 @@ def _ten_twenty(surface: _Surface, nz, iz, lpa, rpa, *, max_iter: int = 50, tol_
             converged = True
             break
     if not converged:
-        LOGGER.warning("10-20 construction: the vertex Cz did not converge (last step %.2f mm)",
-                       step)
-    midline = _Tape(surface, nz, cz, iz)
-    coronal = _Tape(surface, lpa, cz, rpa)
+        warnings.append(f"10-20 construction: the vertex Cz did not converge in {max_iter} "
+                        f"iterations (last step {step:.2f} mm): the scalp is irregular around the "
+                        "vertex or the fiducials are off; 10-20 F3 and Beam F3 are uncertain.")
+    midline = Tape(surface, nz, cz, iz)
+    coronal = Tape(surface, lpa, cz, rpa)
     cz = 0.5 * (midline.fraction(0.5) + coronal.fraction(0.5))
     points = {"Nz": nz, "Iz": iz, "LPA": lpa, "RPA": rpa, "Cz": cz}
     for name, fraction in (("Fpz", 0.1), ("Fz", 0.3), ("Pz", 0.7), ("Oz", 0.9)):
         points[name] = midline.fraction(fraction)
     for name, fraction in (("T7", 0.1), ("C3", 0.3), ("C4", 0.7), ("T8", 0.9)):
         points[name] = coronal.fraction(fraction)
-    left = _Tape(surface, points["Fpz"], points["T7"], points["Oz"])
-    right = _Tape(surface, points["Fpz"], points["T8"], points["Oz"])
+    left = Tape(surface, points["Fpz"], points["T7"], points["Oz"])
+    right = Tape(surface, points["Fpz"], points["T8"], points["Oz"])
     points["Fp1"], points["F7"] = left.fraction(0.1), left.fraction(0.3)
     points["Fp2"], points["F8"] = right.fraction(0.1), right.fraction(0.3)
-    frontal = _Tape(surface, points["F7"], points["Fz"], points["F8"])
+    frontal = Tape(surface, points["F7"], points["Fz"], points["F8"])
     s_fz = frontal.position(points["Fz"])
     points["F3"] = frontal.at(0.5 * s_fz)
     points["F4"] = frontal.at(s_fz + 0.5 * (frontal.length - s_fz))
     tapes = {"midline": midline, "coronal": coronal, "left": left, "right": right,
              "frontal": frontal}
-    return points, tapes
+    return TenTwenty(points, tapes, warnings)
 
 
 def ten_twenty_f3(vertices, faces, nz, iz, lpa, rpa) -> dict:
@@ -676,8 +320,7 @@ def ten_twenty_f3(vertices, faces, nz, iz, lpa, rpa) -> dict:
         Name -> ndarray (3,): Nz, Iz, LPA, RPA, Cz, Fpz, Fz, Pz, Oz, T7, C3, C4, T8, Fp1, Fp2, F7,
         F8, F3, F4.
     """
-    points, _ = _ten_twenty(_as_surface(vertices, faces), nz, iz, lpa, rpa)
-    return points
+    return ten_twenty_construction(as_surface(vertices, faces), nz, iz, lpa, rpa).points
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,11 +372,11 @@ def head_measurements(vertices, faces, nz, iz, lpa, rpa, *, construction=None) -
       T7, Oz and T8): the left curve Fpz-T7-Oz plus the right curve Fpz-T8-Oz.
 
     Lengths are those of a taut tape in the plane of each curve (concavities bridged).
-    ``construction`` may pass the ``(points, tapes)`` of a previous 10-20 construction.
+    ``construction`` may pass a previous :func:`ten_twenty_construction` of this head.
     """
     if construction is None:
-        construction = _ten_twenty(_as_surface(vertices, faces), nz, iz, lpa, rpa)
-    _, tapes = construction
+        construction = ten_twenty_construction(as_surface(vertices, faces), nz, iz, lpa, rpa)
+    tapes = construction.tapes
     return {
         "NI": tapes["midline"].length / 10.0,
         "TT": tapes["coronal"].length / 10.0,
@@ -754,25 +397,30 @@ def place_beam_f3(vertices, faces, nz, iz, lpa, rpa, *, construction=None,
     -------
     ndarray (3,)
         Beam F3 on the scalp (world mm). With ``details=True`` a dict instead: ``F3``, ``P`` (the
-        point X), ``X_cm``, ``Y_cm``, ``NI``, ``TT``, ``HC`` (cm).
+        point X), ``X_cm``, ``Y_cm``, ``NI``, ``TT``, ``HC`` (cm) and ``warnings`` (one-line
+        strings: X or Y longer than the scalp curve they are measured along).
     """
-    surface = _as_surface(vertices, faces)
+    surface = as_surface(vertices, faces)
     if construction is None:
-        construction = _ten_twenty(surface, nz, iz, lpa, rpa)
-    points, tapes = construction
+        construction = ten_twenty_construction(surface, nz, iz, lpa, rpa)
+    points, tapes = construction.points, construction.tapes
+    warnings = []
     measures = head_measurements(surface, None, nz, iz, lpa, rpa, construction=construction)
     x_cm, y_cm = beam_f3(measures["TT"], measures["NI"], measures["HC"])
     left = tapes["left"]
     if 10.0 * x_cm > left.length:
-        LOGGER.warning("Beam F3: X = %.1f cm exceeds the left half circumference", x_cm)
+        warnings.append(f"Beam F3: X = {x_cm:.1f} cm exceeds the left half circumference "
+                        f"({left.length / 10.0:.1f} cm): the head measurements are implausible "
+                        "for this scalp (fiducials off the head?); Beam F3 is clamped there.")
     p = left.at(10.0 * x_cm)
     path, length = geodesic_path(surface, None, points["Cz"], p)
     if 10.0 * y_cm > length:
-        LOGGER.warning("Beam F3: Y = %.1f cm exceeds the distance from Cz to the point X", y_cm)
+        warnings.append(f"Beam F3: Y = {y_cm:.1f} cm exceeds the distance from Cz to the point "
+                        f"X ({length / 10.0:.1f} cm): Beam F3 is clamped at the point X.")
     f3 = point_at_distance(path, 10.0 * y_cm)
     if not details:
         return f3
-    return {"F3": f3, "P": p, "X_cm": x_cm, "Y_cm": y_cm, **measures}
+    return {"F3": f3, "P": p, "X_cm": x_cm, "Y_cm": y_cm, **measures, "warnings": warnings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,341 +447,12 @@ def five_cm_rule(vertices, faces, motor_scalp_point, nz, iz, *, distance_mm: flo
         The head's left-to-right direction (e.g. RPA - LPA); default the world x axis (RAS).
         Made orthogonal to the nasion-inion direction.
     """
-    surface = _as_surface(vertices, faces)
+    surface = as_surface(vertices, faces)
     anterior = np.asarray(nz, dtype=float) - np.asarray(iz, dtype=float)
     anterior /= np.linalg.norm(anterior)
     lr = np.array([1.0, 0.0, 0.0]) if left_right is None else np.asarray(left_right, float)
     lr = lr - np.dot(lr, anterior) * anterior
     if np.linalg.norm(lr) < 1e-6:
         raise ValueError("the left-right direction is parallel to the nasion-inion direction")
-    point, _ = _walk_in_plane(surface, motor_scalp_point, lr, anterior, distance_mm)
+    point, _ = walk_in_plane(surface, motor_scalp_point, lr, anterior, distance_mm)
     return point
-
-
-# --------------------------------------------------------------------------------------------
-# Cortex beneath a scalp point
-# --------------------------------------------------------------------------------------------
-def grey_matter_points(gm_data, affine, *, threshold: float = 0.5, dseg: bool | None = None):
-    """World coordinates (mm) of the grey-matter voxel centres.
-
-    ``gm_data`` is a GM probability map (voxels with probability >= ``threshold``) or an fMRIPrep
-    ``dseg`` (label 1 = GM). ``dseg=None`` decides from the data: integer-valued with values
-    above 1 means a segmentation.
-    """
-    data = np.asanyarray(gm_data)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if dseg is None:
-        finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
-        dseg = bool(finite.size and finite.max() > 1.0 + 1e-6
-                    and np.allclose(finite, np.round(finite)))
-    gm = (np.round(data) == 1) if dseg else (np.nan_to_num(data) >= threshold)
-    return apply_affine(affine, np.argwhere(gm))
-
-
-def cortical_point_beneath(scalp_point, gm_points, *, tree=None) -> np.ndarray:
-    """The grey-matter voxel centre nearest a scalp point (world mm).
-
-    ``gm_points`` from :func:`grey_matter_points`; ``tree`` may pass a ``cKDTree`` of them.
-    """
-    gm_points = np.asarray(gm_points, dtype=float)
-    if len(gm_points) == 0:
-        raise ValueError("the grey-matter map holds no voxel")
-    tree = cKDTree(gm_points) if tree is None else tree
-    _, index = tree.query(np.asarray(scalp_point, dtype=float))
-    return gm_points[index]
-
-
-# --------------------------------------------------------------------------------------------
-# Nipype interface
-# --------------------------------------------------------------------------------------------
-POSE_COLUMNS = ("coil_x", "coil_y", "coil_z",
-                "coil_xaxis_x", "coil_xaxis_y", "coil_xaxis_z",
-                "coil_yaxis_x", "coil_yaxis_y", "coil_yaxis_z",
-                "coil_zaxis_x", "coil_zaxis_y", "coil_zaxis_z")
-TARGET_COLUMNS = ("name", "x", "y", "z", "seed_correlation_z", *SCALP_COLUMNS, *POSE_COLUMNS,
-                  "distance_to_connectivity_mm", "depth_adjustment_pct_mso")
-COMPARATOR_ROWS = ("F3_1020", "F3_beam", "5cm", "motor_hand")
-
-METHODS = {
-    "connectivity": "The connectivity target (input table) and its nearest scalp point "
-    "(ScalpProjection).",
-    "F3_1020": "10-20 F3 constructed on this scalp from the fiducials (plane-section curves: Cz at "
-    "50 % of Nz-Iz and LPA-RPA, Fpz/Fz at 10/30 % of Nz-Iz, T7 at 10 % of LPA-RPA, F7 at 30 % of "
-    "Fpz-T7-Oz, F3 midway along F7-Fz of the curve F7-Fz-F8); sources Jasper 1958, Oostenveld & "
-    "Praamstra 2001, Jurcak et al. 2007.",
-    "F3_beam": "Beam F3 (Beam et al. 2009, formula of the web calculator) from NI, TT and HC "
-    "measured along this scalp; placed at arc X from Fpz along the left circumference (point P), "
-    "then Y along the scalp from Cz towards P.",
-    "5cm": "5 cm anterior of the scalp point above the motor hand area, along the parasagittal "
-    "plane section of the scalp (Pascual-Leone et al. 1996; reliability: Herwig et al. 2001).",
-    "motor_hand": "Motor hot spot: the scalp point nearest the left M1 hand area, MNI (-37, -21, "
-    "58) (Mayka et al. 2006, as used by SimNIBS) mapped into this space; x, y, z is the cortex "
-    "beneath it. Its scalp_distance_mm is the reference depth of the dose adjustment (the motor "
-    "threshold is measured there).",
-    "cortical_point": "For the scalp-based rows (F3_1020, F3_beam, 5cm, motor_hand), x, y, z is "
-    "the grey-matter voxel (probability >= 0.5, or dseg label 1) nearest the scalp point: the "
-    "cortex beneath the coil; scalp_distance_mm is the distance between the two.",
-    "seed_correlation_z": "Fisher z of the connectivity map at the cortical point (nearest voxel).",
-    "coil": "Coil pose, SimNIBS matsimnibs convention: coil_x/y/z the centre on the scalp; xaxis "
-    "the coil's left-right axis (= yaxis x zaxis), yaxis the handle direction (the head's "
-    "posterior direction, inion - nasion, projected onto the scalp and turned by the handle angle "
-    "laterally away from the midline), zaxis into the head (minus the outward scalp normal); "
-    "right-handed, unit vectors in world mm RAS of the space.",
-    "depth_adjustment_pct_mso": "Stokes et al. 2007: 2.8 % of maximum stimulator output per mm "
-    "of scalp_distance_mm beyond that of motor_hand, to add to the motor threshold.",
-    "distance_to_connectivity_mm": "Euclidean distance between the row's cortical point and the "
-    "connectivity target.",
-}
-
-
-class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
-    targets_file = File(exists=True, mandatory=True,
-                        desc="TSV of ScalpProjection: name, x, y, z, seed_correlation_z, ..., "
-                        "scalp_x ... scalp_normal_angle_deg (row 'connectivity')")
-    mesh_file = File(exists=True, mandatory=True,
-                     desc="scalp_mesh.npz of ScalpProjection (vertices, faces, normals, affine)")
-    z_file = File(exists=True, mandatory=True,
-                  desc="Fisher-z connectivity map in the computation space")
-    gm_file = File(exists=True, mandatory=True,
-                   desc="grey matter in the computation space (any grid): GM probseg, or an "
-                   "fMRIPrep dseg (label 1 = GM)")
-    from_mni_xfm = File(exists=True,
-                        desc="transform mapping MNI152NLin2009cAsym points into the computation "
-                        "space (tmstarget.workflows.transforms.map_points); absent: the space is MNI")
-    handle_angle_deg = traits.Float(45.0, usedefault=True,
-                                    desc="coil handle angle from the posterior direction, "
-                                    "positive laterally")
-    coil_offset_mm = traits.Float(0.0, usedefault=True,
-                                  desc="coil centre distance above the scalp (mm)")
-    gm_threshold = traits.Float(0.5, usedefault=True,
-                                desc="grey-matter probability threshold (probseg)")
-
-
-class _ScalpTargetsOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="targets TSV: the input rows plus the scalp-based rows, "
-                    "coil poses, distances and dose adjustments")
-    measurements_file = File(exists=True, desc="JSON: head measurements, Beam X/Y, fiducials and "
-                             "10-20 points used, methods and sources")
-
-
-def _fmt(value, digits: int = 2) -> str:
-    value = float(value)
-    return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
-
-
-def _to_float(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-class ScalpTargets(SimpleInterface):
-    """Scalp-based comparators (10-20 F3, Beam F3, 5 cm rule, motor hand area) on this head.
-
-    Reads the targets table of :class:`tmstarget.workflows.scalp.ScalpProjection` and its scalp mesh and
-    writes ``scalp_targets.tsv``: the input rows with their columns unchanged (the connectivity
-    row's x, y, z, seed_correlation_z, cluster_size kept verbatim), then the rows ``F3_1020``,
-    ``F3_beam``, ``5cm`` and ``motor_hand``; columns added for all rows: the coil pose
-    (``coil_*``), ``distance_to_connectivity_mm`` and ``depth_adjustment_pct_mso``. Values are
-    rounded to 2 decimals, ``n/a`` where undefined. ``scalp_measurements.json`` records the head
-    measurements, Beam's X and Y, the fiducials and 10-20 points, and each method with its source.
-    """
-
-    input_spec = _ScalpTargetsInputSpec
-    output_spec = _ScalpTargetsOutputSpec
-
-    def _run_interface(self, runtime):
-        inputs = self.inputs
-        mesh = np.load(inputs.mesh_file)
-        surface = _Surface(mesh["vertices"], mesh["faces"],
-                           mesh["normals"] if "normals" in mesh.files else None)
-
-        # Published MNI points into the computation space.
-        names = ["Nz", "Iz", "LPA", "RPA", "motor_hand"]
-        mni = np.array([*(FIDUCIALS_MNI[k] for k in names[:4]), MOTOR_HAND_MNI], dtype=float)
-        if inputs.from_mni_xfm:
-            from tmstarget.workflows.transforms import map_points
-
-            mapped = map_points(mni, inputs.from_mni_xfm)
-        else:
-            mapped = mni.copy()
-        if not np.isfinite(mapped).all():
-            raise ValueError("the MNI landmarks did not map into the computation space")
-        fiducials, snap_distance, snapped = place_fiducials(mapped[:4], surface, None)
-        for name, distance, on_scalp in zip(names, snap_distance, snapped):
-            if not on_scalp:
-                LOGGER.warning("Fiducial %s maps %.1f mm outside the scalp (a face removed by "
-                               "defacing, a field of view cutting the head, or a head unlike the "
-                               "template?): the tape is anchored there, in the air.",
-                               name, distance)
-            elif distance > 10.0:
-                LOGGER.warning("Fiducial %s maps %.1f mm inside the scalp: check the transform.",
-                               name, distance)
-        nz, iz, lpa, rpa = fiducials
-
-        construction = _ten_twenty(surface, nz, iz, lpa, rpa)
-        points, _ = construction
-        beam = place_beam_f3(surface, None, nz, iz, lpa, rpa, construction=construction,
-                             details=True)
-
-        gm_img = nb.load(inputs.gm_file)
-        dseg = "dseg" in Path(inputs.gm_file).name.lower() or None
-        gm_points = grey_matter_points(np.asanyarray(gm_img.dataobj), gm_img.affine,
-                                       threshold=inputs.gm_threshold, dseg=dseg)
-        if len(gm_points) == 0:
-            raise ValueError(f"{inputs.gm_file} holds no grey-matter voxel")
-        gm_tree = cKDTree(gm_points)
-
-        # The motor hot spot: the scalp point nearest the M1 hand coordinate; the cortex under
-        # the coil there (as for every scalp-based row) gives the reference depth.
-        motor_scalp = project_to_scalp(mapped[4], surface.vertices, surface.normals,
-                                       surface.faces)["scalp_xyz"][0]
-        motor_cortex = cortical_point_beneath(motor_scalp, gm_points, tree=gm_tree)
-        five_cm = five_cm_rule(surface, None, motor_scalp, nz, iz, left_right=rpa - lpa)
-
-        z_img = nb.load(inputs.z_file)
-        z_data = np.asanyarray(z_img.dataobj, dtype=np.float32)
-        if z_data.ndim == 4:
-            z_data = z_data[..., 0]
-        z_inverse = np.linalg.inv(z_img.affine)
-
-        def z_at(xyz):
-            ijk = np.round(apply_affine(z_inverse, xyz)).astype(int)
-            if np.any(ijk < 0) or np.any(ijk >= z_data.shape[:3]):
-                return float("nan")
-            return float(z_data[tuple(ijk)])
-
-        # Input table, read as text to keep its values verbatim.
-        table = pd.read_csv(inputs.targets_file, sep="\t", dtype=str, keep_default_na=False)
-        missing = {"name", "x", "y", "z"} - set(table.columns)
-        if missing:
-            raise ValueError(f"{inputs.targets_file} lacks the column(s) {sorted(missing)}")
-        for column in ("seed_correlation_z", *SCALP_COLUMNS):
-            if column not in table.columns:
-                table[column] = "n/a"
-
-        def numbers(frame, columns):
-            return frame[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-
-        # Rows of the input: cortical point given; the scalp point from ScalpProjection, or the
-        # nearest scalp point when absent.
-        cortex_in = numbers(table, ("x", "y", "z"))
-        scalp_in = numbers(table, ("scalp_x", "scalp_y", "scalp_z"))
-        redo = ~np.isfinite(scalp_in).all(axis=1) & np.isfinite(cortex_in).all(axis=1)
-        if redo.any():
-            projected = project_to_scalp(cortex_in[redo], surface.vertices, surface.normals,
-                                         surface.faces)
-            scalp_in[redo] = projected["scalp_xyz"]
-            for column, values in zip(SCALP_COLUMNS,
-                                      np.column_stack([projected["scalp_xyz"],
-                                                       projected["distance_mm"],
-                                                       projected["angle_deg"]]).T):
-                table.loc[redo, column] = [_fmt(v) for v in values]
-
-        # New rows: scalp point -> cortical point beneath.
-        new_scalp = np.array([points["F3"], beam["F3"], five_cm, motor_scalp])
-        new_cortex = np.array([cortical_point_beneath(p, gm_points, tree=gm_tree)
-                               for p in new_scalp])
-        rows = []
-        for name, scalp, cortex in zip(COMPARATOR_ROWS, new_scalp, new_cortex):
-            row = {column: "n/a" for column in table.columns}
-            row.update(name=name, x=_fmt(cortex[0]), y=_fmt(cortex[1]), z=_fmt(cortex[2]),
-                       seed_correlation_z=_fmt(z_at(cortex)))
-            rows.append(row)
-        table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
-        cortex_all = np.vstack([cortex_in, new_cortex])
-        scalp_all = np.vstack([scalp_in, new_scalp])
-        n_in = len(cortex_in)
-
-        # Normal at every scalp point; depth and angle for the new rows.
-        valid = np.isfinite(scalp_all).all(axis=1)
-        normal_all = np.full_like(scalp_all, np.nan)
-        if valid.any():
-            normal_all[valid] = project_to_scalp(scalp_all[valid], surface.vertices,
-                                                 surface.normals, surface.faces)["normal"]
-        offset = cortex_all - scalp_all
-        depth = np.linalg.norm(offset, axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cosine = np.einsum("ij,ij->i", offset, -normal_all) / depth
-        angle = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
-        for k in range(n_in, len(table)):
-            for column, value in zip(SCALP_COLUMNS, (*scalp_all[k], depth[k], angle[k])):
-                table.loc[k, column] = _fmt(value)
-        # The depth reported in the table is what every row's dose adjustment uses.
-        depth_table = numbers(table, ("scalp_distance_mm",))[:, 0]
-
-        poses = np.full((len(table), len(POSE_COLUMNS)), np.nan)
-        for k in np.flatnonzero(valid & np.isfinite(normal_all).all(axis=1)):
-            pose = coil_pose(scalp_all[k], normal_all[k], inputs.handle_angle_deg,
-                             inputs.coil_offset_mm, posterior=iz - nz, left_right=rpa - lpa)
-            poses[k] = np.concatenate([pose[:3, 3], pose[:3, 0], pose[:3, 1], pose[:3, 2]])
-        for column, values in zip(POSE_COLUMNS, poses.T):
-            digits = 4 if "axis" in column else 2  # direction cosines: 4 decimals
-            table[column] = [_fmt(v, digits) for v in values]
-
-        is_connectivity = (table["name"] == "connectivity").to_numpy()
-        reference = cortex_all[is_connectivity][0] if is_connectivity.any() else np.full(3, np.nan)
-        table["distance_to_connectivity_mm"] = [
-            _fmt(np.linalg.norm(c - reference)) for c in cortex_all]
-        motor_depth = depth_table[-1]
-        table["depth_adjustment_pct_mso"] = [
-            _fmt(depth_dose_adjustment(d, motor_depth)) for d in depth_table]
-
-        # Column order: the input's, then the pose and comparison columns.
-        ordered = list(dict.fromkeys([*table.columns.drop([*POSE_COLUMNS,
-                                                          "distance_to_connectivity_mm",
-                                                          "depth_adjustment_pct_mso"]),
-                                      *POSE_COLUMNS, "distance_to_connectivity_mm",
-                                      "depth_adjustment_pct_mso"]))
-        table = table[ordered]
-        out_file = Path(runtime.cwd) / "scalp_targets.tsv"
-        table.to_csv(out_file, sep="\t", index=False)
-
-        def listed(point):
-            return [round(float(v), 2) for v in point]
-
-        measurements = {
-            "HeadMeasurements_cm": {key: round(beam[key], 2) for key in ("NI", "TT", "HC")},
-            "HeadMeasurementsDescription": {
-                "NI": "nasion to inion over the vertex along the scalp (plane section Nz-Cz-Iz)",
-                "TT": "left to right preauricular point over the vertex along the scalp (plane "
-                "section LPA-Cz-RPA; the preauricular points stand for the tragi)",
-                "HC": "head circumference through Fpz, T7, Oz, T8 (10 % level) along the scalp",
-            },
-            "BeamF3": {"X_cm": round(beam["X_cm"], 2), "Y_cm": round(beam["Y_cm"], 2),
-                       "PointX": listed(beam["P"]), "F3": listed(beam["F3"]),
-                       "Formula": BEAM_FORMULA, "Source": LANDMARK_REFERENCES["Beam2009"]},
-            "Fiducials": {
-                "Source": FIDUCIALS_SOURCE,
-                "References": [LANDMARK_REFERENCES["Jurcak2007"],
-                               LANDMARK_REFERENCES["SimNIBSCaps"]],
-                "MNI152NLin2009cAsym_mm": {k: list(FIDUCIALS_MNI[k]) for k in names[:4]},
-                "Mapped_mm": {k: listed(p) for k, p in zip(names[:4], mapped[:4])},
-                "Used_mm": {k: listed(p) for k, p in zip(names[:4], fiducials)},
-                "SnappedToScalp": {k: bool(s) for k, s in zip(names[:4], snapped)},
-                "DistanceToScalp_mm": {k: round(float(d), 2)
-                                       for k, d in zip(names[:4], snap_distance)},
-            },
-            "TenTwenty_mm": {k: listed(p) for k, p in points.items()},
-            "MotorHand": {"MNI152NLin2009cAsym_mm": list(MOTOR_HAND_MNI),
-                          "Mapped_mm": listed(mapped[4]), "Cortex_mm": listed(motor_cortex),
-                          "Scalp_mm": listed(motor_scalp),
-                          "Source": LANDMARK_REFERENCES["Mayka2006"]},
-            "FiveCm": {"Distance_mm": FIVE_CM_MM, "Scalp_mm": listed(five_cm)},
-            "Coil": {"HandleAngle_deg": inputs.handle_angle_deg,
-                     "Offset_mm": inputs.coil_offset_mm,
-                     "Convention": METHODS["coil"], "Source": LANDMARK_REFERENCES["SimNIBS"]},
-            "DepthAdjustment": {"Slope_pct_MSO_per_mm": STOKES_SLOPE_PCT_PER_MM,
-                                "ReferenceRow": "motor_hand",
-                                "ReferenceDepth_mm": round(float(motor_depth), 2),
-                                "Source": LANDMARK_REFERENCES["Stokes2007"]},
-            "Methods": METHODS,
-            "References": LANDMARK_REFERENCES,
-        }
-        measurements_file = Path(runtime.cwd) / "scalp_measurements.json"
-        measurements_file.write_text(json.dumps(measurements, indent=2))
-        self._results["out_file"] = str(out_file)
-        self._results["measurements_file"] = str(measurements_file)
-        return runtime

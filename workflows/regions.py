@@ -23,6 +23,8 @@ from nipype.interfaces.base import (
 )
 from scipy import ndimage
 
+from tmstarget.workflows.greymatter import GM_LABEL, is_segmentation
+
 
 def voxel_coordinates(mask, affine):
     """World coordinates (mm) of the voxels of a boolean 3-D mask, in ``mask`` C-order."""
@@ -106,11 +108,12 @@ def search_region(coords_mni, gm_probability, sites, radius, gm_threshold, image
 def grey_matter_probability(gm_img, reference_img):
     """Grey-matter probability on the reference grid, from a GM probseg or an fMRIPrep dseg.
 
-    An fMRIPrep ``dseg`` labels grey matter 1; it stands in for a missing ``label-GM_probseg``.
+    An fMRIPrep ``dseg`` labels grey matter 1; it stands in for a missing ``label-GM_probseg``
+    (the rule of :mod:`tmstarget.workflows.greymatter`).
     """
     data = np.asanyarray(gm_img.dataobj)
-    if np.issubdtype(data.dtype, np.integer) or (data.max() > 1.0 and np.allclose(data, np.round(data))):
-        gm_img = nb.Nifti1Image((data == 1).astype(np.float32), gm_img.affine)
+    if is_segmentation(data):
+        gm_img = nb.Nifti1Image((np.round(data) == GM_LABEL).astype(np.float32), gm_img.affine)
     resampled = resample_to_img(gm_img, reference_img, interpolation="linear",
                                 force_resample=True, copy_header=True)
     return np.asanyarray(resampled.dataobj, dtype=np.float32)

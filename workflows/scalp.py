@@ -1,222 +1,46 @@
 """Scalp projection: where the TMS coil goes on the head above a cortical target.
 
-From a head T1w (not skull-stripped) this step builds a head mask, a closed triangle mesh of the
-scalp, and, for each cortical point, the nearest scalp point, the scalp-to-point distance and the
+From a head T1w (not skull-stripped) this step builds a head mask
+(:func:`tmstarget.workflows.head.head_mask`), a closed triangle mesh of the scalp, and, for each cortical point, the nearest scalp point, the scalp-to-point distance and the
 angle between that direction and the scalp normal. All coordinates are world millimetres (RAS) of
 the image's own space: voxel indices only ever go through the image affine, so x-flipped (LAS),
 oblique and anisotropic grids give the same world answer.
 
-The numerical functions (:func:`head_mask`, :func:`scalp_mesh`, :func:`project_to_scalp`) take and
+The numerical functions (:func:`scalp_mesh`, :func:`project_to_scalp`) take and
 return arrays only; :class:`ScalpProjection` adapts files to them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pandas as pd
 from nibabel.affines import apply_affine, voxel_sizes
-from nipype import logging
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
 )
 from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-LOGGER = logging.getLogger("nipype.interface")
+from tmstarget.workflows.head import head_check, head_mask, largest_component, point_checks
 
 #: Columns :class:`ScalpProjection` appends to the points table.
 SCALP_COLUMNS = ("scalp_x", "scalp_y", "scalp_z", "scalp_distance_mm", "scalp_normal_angle_deg")
 
 
-# --------------------------------------------------------------------------------------------
-# Head mask
-# --------------------------------------------------------------------------------------------
-def _largest_component(mask: np.ndarray, min_fraction: float = 1.0) -> np.ndarray:
-    """Face-connected components of a boolean mask at least ``min_fraction`` times as large as
-    the largest one (default: the largest only). Empty stays empty."""
-    labels, n_labels = ndimage.label(mask)
-    if n_labels <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    if min_fraction >= 1.0:
-        return labels == np.argmax(sizes)
-    keep = sizes >= min_fraction * sizes.max()
-    keep[0] = False
-    return keep[labels]
-
-
-def _dilate(mask: np.ndarray, radius_mm: float, zooms) -> np.ndarray:
-    """Dilation by a ball of ``radius_mm`` (Euclidean distance in mm, anisotropy-safe)."""
-    if not mask.any():
-        return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=zooms) <= radius_mm
-
-
-def _erode(mask: np.ndarray, radius_mm: float, zooms) -> np.ndarray:
-    """Erosion by a ball of ``radius_mm``. The array border does not erode (a neck cut stays)."""
-    return ndimage.distance_transform_edt(mask, sampling=zooms) > radius_mm
-
-
-def _fill_holes_in_slices(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Fill background regions enclosed within each 2-D slice perpendicular to ``axis``.
-
-    A head cut open at the neck (or by the field of view) leaves the dark skull and CSF
-    connected to the outside through the cut, so 3-D hole filling misses them; in slices across
-    the head they are still enclosed by scalp.
-    """
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    plane = [slice(None)] * 3
-    plane[axis] = 1
-    structure[tuple(plane)] = ndimage.generate_binary_structure(2, 1)
-    labels, n_labels = ndimage.label(~mask, structure=structure)
-    # Background components reaching the in-plane border of their slice are outside the head.
-    border = np.zeros(mask.shape, dtype=bool)
-    for other in {0, 1, 2} - {axis}:
-        edge = [slice(None)] * 3
-        edge[other] = [0, -1]
-        border[tuple(edge)] = True
-    outside = np.zeros(n_labels + 1, dtype=bool)
-    outside[np.unique(labels[border])] = True
-    outside[0] = True  # label 0 is the mask itself
-    return mask | ~outside[labels]
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """3-D hole filling, then slice-wise filling along each voxel axis."""
-    filled = ndimage.binary_fill_holes(mask)
-    # All three axes: the image axes need not be axial/coronal/sagittal (oblique, any order).
-    slice_filled = filled.copy()
-    for axis in range(3):
-        slice_filled |= _fill_holes_in_slices(filled, axis)
-    return ndimage.binary_fill_holes(slice_filled)
-
-
-def _intensity_levels(image: np.ndarray) -> tuple[float, float]:
-    """Head/background threshold and clip level for hot voxels, robust to outliers.
-
-    The threshold is the "clip level" of AFNI's 3dAutomask: the fixed point of
-    ``c = median(x > c) / 2``, half the median head intensity. Being a median, hot voxels and
-    specks do not move it, nor does the share of background in the field of view; it lies far
-    above the noise floor and below any tissue of the scalp. Intensities above four times it
-    (about twice the median head value, brighter than any tissue) are to be clipped.
-
-    Returns
-    -------
-    threshold, clip : float
-        In the image's intensity units.
-    """
-    values = image.ravel()
-    if values.size > 2_000_000:  # a regular subsample is plenty for a median
-        values = values[:: values.size // 2_000_000 + 1]
-    level = float(values.mean())
-    for _ in range(100):
-        above = values[values > level]
-        new = 0.5 * float(np.median(above)) if above.size else level
-        if abs(new - level) <= 1e-3 * abs(level):
-            break
-        level = new
-    return level, 4.0 * level
-
-
-def head_mask(
-    t1w: np.ndarray,
-    zooms: tuple[float, float, float],
-    *,
-    smooth_mm: float = 1.0,
-    closing_mm: float = 6.0,
-    opening_mm: float = 3.0,
-) -> np.ndarray:
-    """Boolean mask of the head (scalp and all inside) from a T1w that is NOT skull-stripped.
-
-    Steps: hot voxels clipped at about twice the median head intensity; light Gaussian
-    smoothing; threshold at half the median head intensity (AFNI's clip level); connected
-    components of at least 1 % of the largest (drops noise and specks, keeps a scalp that the
-    dark skull separates from the brain); morphological closing (seals thin gaps in the scalp
-    and the mouths of thin dark slots such as a skull band exposed by defacing); hole filling in
-    3-D and slice-wise along every voxel axis (dark skull, CSF, sinuses; also for a head cut open
-    at the neck), then the largest component; morphological opening (cuts specks and thin
-    bridges touching the head); largest component and 3-D hole filling again. Radii are balls
-    in millimetres (Euclidean distance transforms with the voxel sizes), so anisotropic voxels
-    are handled.
-
-    Limits: a dark structure wider than about twice ``closing_mm`` opened to the outside by a
-    defacing cut (an eye, an opened frontal sinus) stays a crater in the face, which is far from
-    the DLPFC and F3 scalp. A speck touching the scalp can leave a one-voxel bump, which the mesh
-    smoothing of :func:`scalp_mesh` removes.
-
-    Parameters
-    ----------
-    t1w : ndarray, 3-D
-        T1-weighted head image (any intensity scale; NaN is treated as background).
-    zooms : tuple of 3 float
-        Voxel sizes in mm along the three array axes (``nibabel.affines.voxel_sizes(affine)``).
-    smooth_mm : float
-        Gaussian sigma (mm) applied before thresholding, against voxel noise.
-    closing_mm : float
-        Closing radius (mm): dark gaps or slots narrower than about twice this are sealed. It does
-        not move a convex surface, and a missing face (a concavity tens of mm wide) stays missing.
-    opening_mm : float
-        Opening radius (mm): structures thinner than about twice this that stick out of the head
-        (specks, noise bridges) are removed.
-
-    Returns
-    -------
-    ndarray of bool, same shape as ``t1w``
-        True inside the head. Empty if the image holds no signal.
-    """
-    image = np.nan_to_num(np.asarray(t1w, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if image.ndim != 3:
-        raise ValueError(f"head_mask expects a 3-D image, got shape {image.shape}")
-    zooms = np.asarray(zooms, dtype=float)[:3]
-    if np.ptp(image) == 0:
-        return np.zeros(image.shape, dtype=bool)
-
-    # Hot voxels (vessels, artefacts, specks) are clipped to the tissue range: they would squeeze
-    # the threshold's median little, but their blurred halo would swell specks beyond what the
-    # opening removes.
-    threshold, clip = _intensity_levels(image)
-    smoothed = ndimage.gaussian_filter(np.minimum(image, clip), sigma=smooth_mm / zooms)
-    # Not only the largest component: the scalp can be separated from the brain by the dark
-    # skull all around (it is joined only through the neck, or not at all in a cut-off image).
-    # Small pieces (specks, noise) go now, before the closing could join them to the head.
-    mask = _largest_component(smoothed > threshold, min_fraction=0.01)
-    if not mask.any():
-        return mask
-
-    # Work in the bounding box, with room for the closing, to keep 1 mm heads fast.
-    margin = np.ceil(closing_mm / zooms).astype(int) + 2
-    voxels = np.argwhere(mask)
-    first, last = voxels.min(axis=0), voxels.max(axis=0)
-    lo = np.maximum(first - margin, 0)
-    hi = np.minimum(last + margin + 1, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    head = mask[box]
-
-    # Closing with zero padding where the box meets the image edge: the array border does not
-    # count as background for the erosion, so the closing would glue the head to that edge.
-    before, after = margin - (first - lo), margin - (hi - 1 - last)
-    padded = np.pad(head, tuple(zip(before, after)))
-    closed = _erode(_dilate(padded, closing_mm, zooms), closing_mm, zooms)
-    head = closed[tuple(slice(b, b + n) for b, n in zip(before, head.shape))]
-
-    # Filled, the scalp shell and what it encloses become one solid: the largest component.
-    head = _largest_component(_fill_holes(head))
-    # Opening without padding: the border of the field of view does not erode, so a neck cut by
-    # the field of view keeps its full cross-section.
-    head = _dilate(_erode(head, opening_mm, zooms), opening_mm, zooms)
-    head = ndimage.binary_fill_holes(_largest_component(head))
-
-    out = np.zeros(image.shape, dtype=bool)
-    out[box] = head
-    return out
+def format_table_number(value, digits: int = 2) -> str:
+    """A number as the targets tables write it: ``digits`` decimals, ``n/a`` when not finite."""
+    value = float(value)
+    return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +122,7 @@ def scalp_mesh(
     affine = np.asarray(affine, dtype=float)
     if not mask.any():
         raise ValueError("the head mask is empty: no scalp surface to build")
-    solid = ndimage.binary_fill_holes(_largest_component(mask))
+    solid = ndimage.binary_fill_holes(largest_component(mask))
 
     zooms = voxel_sizes(affine)
     if smooth_mm is None:
@@ -466,6 +290,67 @@ def project_to_scalp(
             "vertex": vertex}
 
 
+def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=None) -> dict:
+    """The scalp mesh of a head T1w and the scalp point above each cortical point, with whether
+    each can carry a coil.
+
+    Parameters
+    ----------
+    t1w : ndarray, 3-D
+        Head T1w (not skull-stripped).
+    affine : ndarray (4, 4)
+        Its voxel-to-world (RAS mm) affine.
+    points : array-like (K, 3)
+        Cortical points, world mm of the same space.
+    names : sequence of str
+        Their names (for the warnings).
+    t1w_name : str
+        The T1w file, named in the warnings.
+    brain_volume_mm3 : float, optional
+        Volume of the brain mask; with it a skull-stripped image is recognised
+        (:func:`tmstarget.workflows.head.head_check`).
+
+    Returns
+    -------
+    dict
+        ``vertices``, ``faces``, ``normals`` (the mesh, :func:`scalp_mesh`); ``projection`` (the
+        result of :func:`project_to_scalp`); ``head_trusted`` (bool: a whole head);
+        ``trusted`` (ndarray (K,) of bool: head trusted, scalp point off the border of the field
+        of view, plausible depth); ``warnings`` (list of one-line strings).
+    """
+    zooms = tuple(voxel_sizes(affine))
+    mask = head_mask(t1w, zooms)
+    vertices, faces, normals = scalp_mesh(mask, affine)
+    projection = project_to_scalp(points, vertices, normals, faces)
+    head_volume = float(mask.sum() * np.prod(zooms))
+    head_trusted, warnings = head_check(head_volume, brain_volume_mm3, t1w_name)
+    if head_trusted:
+        trusted, point_warnings = point_checks(names, projection["scalp_xyz"],
+                                               projection["distance_mm"],
+                                               (affine, mask.shape), t1w_name)
+        warnings += point_warnings
+    else:
+        trusted = np.zeros(len(projection["distance_mm"]), dtype=bool)
+    return {"vertices": vertices, "faces": faces, "normals": normals, "projection": projection,
+            "head_trusted": head_trusted, "trusted": trusted, "warnings": warnings,
+            "shape": mask.shape}
+
+
+def load_mask_union(mask_files):
+    """The union of brain masks on one grid (the BOLD runs' masks) and its affine."""
+    reference = nb.load(mask_files[0])
+    union = np.zeros(reference.shape[:3], dtype=bool)
+    for mask_file in mask_files:
+        union |= np.asanyarray(nb.load(mask_file).dataobj).reshape(union.shape) > 0
+    return union, reference.affine
+
+
+def brain_volume(mask_files) -> float:
+    """Volume (mm3) of the union of brain masks on one grid."""
+    union, affine = load_mask_union(mask_files)
+    return float(union.sum() * np.prod(voxel_sizes(affine)))
+
+
 # --------------------------------------------------------------------------------------------
 # Nipype interface
 # --------------------------------------------------------------------------------------------
@@ -474,11 +359,17 @@ class _ScalpProjectionInputSpec(BaseInterfaceInputSpec):
                     desc="head T1w (not skull-stripped) in the computation space")
     points_file = File(exists=True, mandatory=True,
                        desc="TSV with at least the columns name, x, y, z (world mm, same space)")
+    brain_mask_files = InputMultiObject(
+        File(exists=True), desc="brain masks in the same space, one grid (the BOLD runs' masks): "
+        "a head mask close to their volume means a skull-stripped image")
 
 
 class _ScalpProjectionOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS))
-    mesh_file = File(exists=True, desc="NPZ: vertices, faces, normals (world mm), affine")
+    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS)
+                    + ", scalp_trusted")
+    mesh_file = File(exists=True, desc="NPZ: vertices, faces, normals (world mm), affine, shape "
+                     "of the T1w grid, head_trusted, t1w_file")
+    warnings_file = File(exists=True, desc="JSON list of one-line warnings")
 
 
 class ScalpProjection(SimpleInterface):
@@ -486,8 +377,10 @@ class ScalpProjection(SimpleInterface):
 
     Writes ``scalp_projection.tsv`` (the input columns unchanged, plus ``scalp_x``, ``scalp_y``,
     ``scalp_z`` (mm), ``scalp_distance_mm`` and ``scalp_normal_angle_deg``, rounded to 2 decimals,
-    ``n/a`` where undefined) and ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world
-    mm, ``faces`` (M, 3), and the T1w ``affine``) in the node's working directory.
+    ``n/a`` where undefined or not trusted, and ``scalp_trusted``, ``true`` or ``false``),
+    ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world mm, ``faces`` (M, 3), the
+    T1w ``affine`` and ``shape``, ``head_trusted`` and ``t1w_file``) and ``warnings.json`` in
+    the node's working directory.
     """
 
     input_spec = _ScalpProjectionInputSpec
@@ -498,38 +391,34 @@ class ScalpProjection(SimpleInterface):
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
-        mask = head_mask(data, tuple(voxel_sizes(img.affine)))
-        vertices, faces, normals = scalp_mesh(mask, img.affine)
-
         # Read as text so the input columns are written back byte for byte.
         table = pd.read_csv(self.inputs.points_file, sep="\t", dtype=str, keep_default_na=False)
         missing = {"name", "x", "y", "z"} - set(table.columns)
         if missing:
             raise ValueError(f"{self.inputs.points_file} lacks the column(s) {sorted(missing)}")
         points = table[["x", "y", "z"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        result = project_to_scalp(points, vertices, normals, faces)
+        brain = (brain_volume(self.inputs.brain_mask_files)
+                 if isdefined(self.inputs.brain_mask_files) and self.inputs.brain_mask_files
+                 else None)
+        result = scalp_points(data, img.affine, points, table["name"].tolist(),
+                              t1w_name=self.inputs.t1w_file, brain_volume_mm3=brain)
 
-        # A head clipped by the field of view is closed by a flat cap at the border: a scalp point
-        # there is not on the real scalp.
-        ijk = apply_affine(np.linalg.inv(img.affine), result["scalp_xyz"])
-        at_edge = ((ijk < 1.5) | (ijk > np.array(mask.shape) - 2.5)).any(axis=1)
-        for name in table["name"][at_edge]:
-            LOGGER.warning("Scalp point of %r lies at the border of the field of view of %s: the "
-                           "head may be cut off there.", name, self.inputs.t1w_file)
-        # Scalp-to-cortex distances are 10-25 mm in adults: much less suggests a brain image.
-        for name in table["name"][result["distance_mm"] < 8.0]:
-            LOGGER.warning("Point %r lies less than 8 mm from the 'scalp' of %s: is that image "
-                           "skull-stripped? A head T1w is needed.", name, self.inputs.t1w_file)
-
-        values = np.column_stack([result["scalp_xyz"], result["distance_mm"], result["angle_deg"]])
+        projection, trusted = result["projection"], result["trusted"]
+        values = np.column_stack([projection["scalp_xyz"], projection["distance_mm"],
+                                  projection["angle_deg"]])
+        values[~trusted] = np.nan  # no plan on a point that is not on the skin
         for column, value in zip(SCALP_COLUMNS, values.T):
-            table[column] = [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in value]
-        out_file = Path(runtime.cwd) / "scalp_projection.tsv"
-        table.to_csv(out_file, sep="\t", index=False)
-
-        mesh_file = Path(runtime.cwd) / "scalp_mesh.npz"
-        np.savez_compressed(mesh_file, vertices=vertices, faces=faces.astype(np.int32),
-                            normals=normals, affine=img.affine)
-        self._results["out_file"] = str(out_file)
-        self._results["mesh_file"] = str(mesh_file)
+            table[column] = [format_table_number(v) for v in value]
+        table["scalp_trusted"] = ["true" if t else "false" for t in trusted]
+        out = Path(runtime.cwd)
+        table.to_csv(out / "scalp_projection.tsv", sep="\t", index=False)
+        np.savez_compressed(out / "scalp_mesh.npz", vertices=result["vertices"],
+                            faces=result["faces"].astype(np.int32), normals=result["normals"],
+                            affine=img.affine, shape=np.array(result["shape"]),
+                            head_trusted=result["head_trusted"],
+                            t1w_file=str(self.inputs.t1w_file))
+        (out / "warnings.json").write_text(json.dumps(result["warnings"], indent=2))
+        self._results.update(out_file=str(out / "scalp_projection.tsv"),
+                             mesh_file=str(out / "scalp_mesh.npz"),
+                             warnings_file=str(out / "warnings.json"))
         return runtime

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
 
+from tmstarget.workflows.coil import coil_frame, plan_distances
+
 
 def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     """Map points of a transform's reference space into its moving space.
@@ -69,27 +71,63 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
 
 
-def orthonormal_frame(z_axis, y_axis):
-    """The right-handed orthonormal frame (x, y, z) closest to keeping ``z`` and then ``y``."""
-    z = np.asarray(z_axis, float) / np.linalg.norm(z_axis, axis=-1, keepdims=True)
-    y = np.asarray(y_axis, float) - (np.asarray(y_axis, float) * z).sum(-1, keepdims=True) * z
-    y /= np.linalg.norm(y, axis=-1, keepdims=True)
-    return np.cross(y, z), y, z
-
-
 #: Point columns of a targets table: each prefix names an (x, y, z) triplet in world mm.
 POINT_COLUMNS = (("x", "y", "z"), ("scalp_x", "scalp_y", "scalp_z"), ("coil_x", "coil_y", "coil_z"))
 #: Coil axes (unit vectors) of a targets table.
 AXIS_COLUMNS = {axis: tuple(f"coil_{axis}axis_{c}" for c in "xyz") for axis in "xyz"}
-#: Length (mm) of the segment along a coil axis that is mapped to carry the axis to another space.
-AXIS_STEP_MM = 1.0
+#: Half-width (mm) of the central differences that estimate a transform's Jacobian at a coil.
+JACOBIAN_STEP_MM = 1.0
+
+
+def map_coil_axes(inward, handle, jacobians):
+    """Coil axes carried through a mapping as what they are.
+
+    The coil normal is a surface normal: it goes through the inverse transpose of the Jacobian,
+    ``J^-T z`` (normals of the mapped scalp); the handle is a tangent: it goes through ``J``
+    (``J y`` lies in the mapped scalp's tangent plane, since ``(J^-T z) . (J y) = z . y = 0``).
+    The frame is then re-orthonormalized (:func:`tmstarget.workflows.coil.coil_frame`: the normal
+    kept, the handle projected onto the coil plane), so the handle keeps its angle to the midline
+    as the mapping carries the midline. Carrying the normal like a tangent (``J z``) tilts it off
+    the mapped skin wherever the mapping is anisotropic or sheared.
+
+    Parameters
+    ----------
+    inward, handle : ndarray (K, 3)
+        Coil z (into the head) and y (handle) axes in the table's space.
+    jacobians : ndarray (K, 3, 3)
+        ``J[k, i, j] = d mapped_i / d x_j`` of the mapping at each coil centre.
+
+    Returns
+    -------
+    x_axis, y_axis, z_axis : ndarray (K, 3)
+    """
+    jacobians = np.asarray(jacobians, dtype=float).reshape(-1, 3, 3)
+    normal = np.linalg.solve(np.transpose(jacobians, (0, 2, 1)), np.asarray(inward, float)[..., None])
+    tangent = jacobians @ np.asarray(handle, float)[..., None]
+    return coil_frame(normal[..., 0], tangent[..., 0])
+
+
+def _jacobian_offsets():
+    """The six points of a central difference around a centre, in the order of
+    :func:`_jacobians_from`: +x, -x, +y, -y, +z, -z."""
+    steps = np.vstack([np.eye(3), -np.eye(3)])[[0, 3, 1, 4, 2, 5]]
+    return JACOBIAN_STEP_MM * steps
+
+
+def _jacobians_from(moved):
+    """Jacobians (K, 3, 3) from the mapped central-difference points (K, 6, 3)."""
+    plus, minus = moved[:, 0::2], moved[:, 1::2]  # (K, 3 axes, 3 coordinates)
+    return np.transpose(plus - minus, (0, 2, 1)) / (2.0 * JACOBIAN_STEP_MM)
 
 
 def map_targets_table(table, xfm_file):
     """A targets table with every point and coil axis mapped into another space.
 
-    Distances, and the depth adjustment that depends on them, are measured again in the new space
-    (a template is bigger than most heads); angles and correlations are kept.
+    Points go through the transform; each coil frame goes through the transform's Jacobian at
+    its centre (estimated by central differences of :data:`JACOBIAN_STEP_MM`), the normal as a
+    normal and the handle as a tangent (:func:`map_coil_axes`). Distances, and the depth
+    adjustment that depends on them, are measured again in the new space (a template is bigger
+    than most heads); angles, correlations and ``scalp_trusted`` are kept.
 
     Parameters
     ----------
@@ -100,43 +138,42 @@ def map_targets_table(table, xfm_file):
     """
     mapped = table.copy()
     # Every point goes through the transform in one call (each call reads the .h5 file): the point
-    # columns, and for the coil the tips of its normal and handle axes 1 mm from its centre, so
-    # the axes follow a non-linear transform's local Jacobian.
+    # columns, and around each coil centre the six points of the central differences.
     blocks = {columns: table[list(columns)].to_numpy(float)
               for columns in POINT_COLUMNS if set(columns) <= set(table.columns)}
     has_pose = ("coil_x", "coil_y", "coil_z") in blocks and all(
         set(c) <= set(table.columns) for c in AXIS_COLUMNS.values())
     if has_pose:
         centres = blocks[("coil_x", "coil_y", "coil_z")]
-        for axis in "zy":
-            blocks[axis] = centres + AXIS_STEP_MM * table[list(AXIS_COLUMNS[axis])].to_numpy(float)
+        blocks["jacobian"] = (centres[:, None, :] + _jacobian_offsets()[None]).reshape(-1, 3)
+    sizes = [len(block) for block in blocks.values()]
     stacked = np.concatenate(list(blocks.values())) if blocks else np.empty((0, 3))
     valid = np.isfinite(stacked).all(axis=1)
     moved = np.full_like(stacked, np.nan)
     moved[valid] = map_points(stacked[valid], xfm_file)
-    moved = dict(zip(blocks, np.split(moved, len(blocks)))) if blocks else {}
+    moved = dict(zip(blocks, np.split(moved, np.cumsum(sizes)[:-1]))) if blocks else {}
     for columns in POINT_COLUMNS:
         if columns in moved:
             mapped[list(columns)] = moved[columns]
     if has_pose:
-        centres = moved[("coil_x", "coil_y", "coil_z")]
-        rows = np.isfinite(centres).all(axis=1)
-        frame = orthonormal_frame(moved["z"][rows] - centres[rows], moved["y"][rows] - centres[rows])
+        centres = blocks[("coil_x", "coil_y", "coil_z")]
+        jacobians = _jacobians_from(moved["jacobian"].reshape(-1, 6, 3))
+        axes = {a: table[list(AXIS_COLUMNS[a])].to_numpy(float) for a in "yz"}
+        rows = (np.isfinite(centres).all(axis=1) & np.isfinite(jacobians).all(axis=(1, 2))
+                & np.isfinite(axes["y"]).all(axis=1) & np.isfinite(axes["z"]).all(axis=1))
+        frame = map_coil_axes(axes["z"][rows], axes["y"][rows], jacobians[rows])
         for axis, values in zip("xyz", frame):
             mapped.loc[rows, list(AXIS_COLUMNS[axis])] = values
     if "scalp_distance_mm" in table:
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
+    distance, dose = plan_distances(mapped["name"], mapped[["x", "y", "z"]].to_numpy(float),
+                                    mapped["scalp_distance_mm"] if "scalp_distance_mm" in mapped
+                                    else np.full(len(mapped), np.nan))
     if "depth_adjustment_pct_mso" in table and (mapped["name"] == "motor_hand").any():
-        from tmstarget.workflows.coil import depth_dose_adjustment
-
-        motor_depth = float(mapped.loc[mapped["name"] == "motor_hand", "scalp_distance_mm"].iloc[0])
-        mapped["depth_adjustment_pct_mso"] = [depth_dose_adjustment(d, motor_depth)
-                                              for d in mapped["scalp_distance_mm"]]
+        mapped["depth_adjustment_pct_mso"] = dose
     if "distance_to_connectivity_mm" in table:
-        reference = mapped.loc[mapped["name"] == "connectivity", ["x", "y", "z"]].to_numpy(float)[0]
-        mapped["distance_to_connectivity_mm"] = np.linalg.norm(
-            mapped[["x", "y", "z"]].to_numpy(float) - reference, axis=1)
+        mapped["distance_to_connectivity_mm"] = distance
     return mapped
 
 
