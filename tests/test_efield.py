@@ -145,7 +145,8 @@ def test_sphere_field_matches_bem_reference_within_2_percent(model):
     pose = vertex_pose(centre, angle_deg=30.0)
     loops = [(v @ pose[:3, :3].T + pose[:3, 3], w) for v, w in figure8_loops(model.geometry, 90)]
     points = centre + np.array([[0, 0, RADIUS - 15], [0, 0, RADIUS - 25], [10, 5, RADIUS - 20],
-                                [-20, 15, RADIUS - 30], [0, 0, RADIUS - 40], [5, -12, RADIUS - 18]])
+                                [-20, 15, RADIUS - 30], [0, 0, RADIUS - 40],
+                                [5, -12, RADIUS - 18]])
     positions, moments = model.in_world(pose)
     analytic = sphere_efield(points, positions, moments, centre)
     reference = bem_efield(points, loops, RADIUS, centre)
@@ -157,7 +158,8 @@ def test_sphere_field_matches_bem_reference_within_2_percent(model):
             / np.linalg.norm(reference, axis=1)).max() > 0.1
     # ... and the independent reference has no radial component either.
     radial = (points - centre) / np.linalg.norm(points - centre, axis=1, keepdims=True)
-    assert np.abs((reference * radial).sum(1)).max() < 0.02 * np.linalg.norm(reference, axis=1).min()
+    smallest = np.linalg.norm(reference, axis=1).min()
+    assert np.abs((reference * radial).sum(1)).max() < 0.02 * smallest
 
 
 def test_field_has_no_radial_component_inside(model):
@@ -199,7 +201,8 @@ def test_fit_sphere_recovers_a_planted_sphere():
     direction = rng.normal(size=(400, 3))
     direction = direction[direction[:, 2] > 0.5]  # a cap only, as under a coil
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    points = np.array([5.0, -3.0, 10.0]) + 90.0 * direction + rng.normal(0, 0.2, (len(direction), 3))
+    noise = rng.normal(0, 0.2, (len(direction), 3))
+    points = np.array([5.0, -3.0, 10.0]) + 90.0 * direction + noise
     centre, radius, rms = fit_sphere(points)
     np.testing.assert_allclose(centre, [5, -3, 10], atol=1.0)
     assert radius == pytest.approx(90.0, abs=1.0) and rms < 0.5
@@ -231,6 +234,26 @@ def test_sweep_agrees_with_pose_by_pose_field_and_finds_the_maximum(model):
     shifted = sweep_handle_angle(model, scalp, scalp, target, centre,
                                  shift_centres=[(scalp + [3, 0, -1.5], scalp + [3, 0, -1.5])])
     assert shifted["efield_v_per_m"] >= result["efield_v_per_m"]
+
+
+def test_sweep_keeps_the_preferred_angle_where_the_field_does_not_choose(model):
+    """On the coil's axis in a sphere |E| hardly depends on the handle angle: the tie-break
+    keeps the clinical angle; off the axis, where one angle clearly wins, it does not."""
+    scalp = np.array([0.0, 0.0, RADIUS])
+    on_axis = sweep_handle_angle(model, scalp, scalp, [0, 0, 65.0], np.zeros(3),
+                                 prefer_angle_deg=45.0, tolerance=0.01)
+    profile = on_axis["magnitude_v_per_m"]
+    assert profile.max() / profile.min() < 1.001 and on_axis["handle_angle_deg"] == 45.0
+    off_axis = [25.0, 10.0, 60.0]
+    plain = sweep_handle_angle(model, scalp, scalp, off_axis, np.zeros(3))
+    kept = sweep_handle_angle(model, scalp, scalp, off_axis, np.zeros(3),
+                              prefer_angle_deg=45.0, tolerance=0.01)
+    assert plain["magnitude_v_per_m"].max() > 1.1 * plain["magnitude_v_per_m"].min()
+    # It moves off 45 towards the maximum, and stops at the edge of the 1 % band.
+    assert 45.0 < kept["handle_angle_deg"] <= plain["handle_angle_deg"]
+    assert kept["efield_v_per_m"] >= 0.99 * plain["efield_v_per_m"]
+    one_closer = np.flatnonzero(plain["angles_deg"] == kept["handle_angle_deg"] - 1.0)[0]
+    assert plain["magnitude_v_per_m"][one_closer] < 0.99 * plain["efield_v_per_m"]
 
 
 def test_efield_at_poses_matches_the_single_pose_field(model):

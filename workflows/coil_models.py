@@ -289,7 +289,8 @@ def coil_model(name: str = DEFAULT_COIL, spacing_mm: float = 4.0) -> CoilModel:
         For an unknown name (the message lists the known ones).
     """
     if name not in COIL_GEOMETRIES:
-        raise ValueError(f"unknown coil model {name!r}; known: {', '.join(sorted(COIL_GEOMETRIES))}")
+        known = ", ".join(sorted(COIL_GEOMETRIES))
+        raise ValueError(f"unknown coil model {name!r}; known: {known}")
     description, geometry, source = COIL_GEOMETRIES[name]
     positions, moments = figure8_dipoles(geometry, spacing_mm)
     positions.setflags(write=False)

@@ -1,4 +1,4 @@
-"""E-field plan: the field each target gets, the handle angle the field chooses, the field-based dose.
+"""E-field plan: the field at each target, the handle angle the field chooses, the field-based dose.
 
 :func:`plan_efield` takes the rows of the targets table (cortical point, scalp point) and the scalp
 mesh; :class:`EfieldPlan` adapts the files of :class:`tmstarget.workflows.scalp.ScalpProjection`
@@ -56,6 +56,10 @@ MOTOR_ROW = "motor_hand"
 #: ~1-3 s and stays within 0.6 % of the 4 mm model 15 mm or more below the casing
 #: (tmstarget.workflows.coil_models.figure8_dipoles); the table uses the 4 mm model.
 MAP_DIPOLE_SPACING_MM = 8.0
+#: The field's pose replaces the clinical angle only if it gives more than 1 % more |E|: below
+#: that the difference is far inside the model's own error against realistic heads, and the
+#: angle closest to the clinical one within 1 % of the maximum is kept.
+ORIENTATION_TOLERANCE = 0.01
 #: A local sphere fitting the scalp worse than this (RMS, mm) is reported.
 MAX_SPHERE_RMS_MM = 2.0
 
@@ -66,7 +70,8 @@ COLUMN_DESCRIPTIONS = {
     "at the stated dI/dt (sidecar), in a sphere fitted to the scalp under the coil.",
     "efield_clinical_v_per_m": "|E| at the cortical point with the clinical handle angle, V/m.",
     "efield_optimal_angle_deg": "Handle angle (-90 to 89 degrees, 1 degree steps) giving the "
-    "largest |E| at the cortical point.",
+    "largest |E| at the cortical point; among angles within 1 % of the largest, the one closest "
+    "to the clinical angle (below 1 % the field does not prefer an angle).",
     "efield_optimal_v_per_m": "|E| at the cortical point at efield_optimal_angle_deg, V/m.",
     "efield_dose_pct_mt": "Stimulator output giving the cortical point the |E| the motor_hand "
     "row's cortex gets at motor threshold, in % of the motor threshold (100 x E_motor / "
@@ -143,7 +148,9 @@ def plan_efield(names, cortex_mm, scalp_mm, vertices, faces, normals, *,
             model, clinical, cortex[k], sphere["centre_mm"], didt_a_per_us)))
         best = sweep_handle_angle(model, scalp[k], normal, cortex[k], sphere["centre_mm"],
                                   coil_offset_mm=coil_offset_mm, posterior=posterior,
-                                  left_right=left_right, didt_a_per_us=didt_a_per_us)
+                                  left_right=left_right, didt_a_per_us=didt_a_per_us,
+                                  prefer_angle_deg=handle_angle_deg,
+                                  tolerance=ORIENTATION_TOLERANCE)
         use_best = orientation == "efield" and name != MOTOR_ROW
         poses[k] = best["pose"] if use_best else clinical
         columns["handle_angle_deg"][k] = best["handle_angle_deg"] if use_best else handle_angle_deg
