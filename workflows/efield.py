@@ -49,6 +49,15 @@ EFIELD_REFERENCES = {
     "Thielscher2015": "Thielscher A, Antunes A, Saturnino GB. Field modeling for transcranial "
     "magnetic stimulation: a useful tool to understand the physiological effects of TMS? Conf "
     "Proc IEEE Eng Med Biol Soc. 2015:222-225. doi:10.1109/EMBC.2015.7318340",
+    "Thielscher2011": "Thielscher A, Opitz A, Windhoff M. Impact of the gyral geometry on the "
+    "electric field induced by transcranial magnetic stimulation. NeuroImage. "
+    "2011;54(1):234-243. doi:10.1016/j.neuroimage.2010.07.061",
+    "Gomez2020": "Gomez LJ, Dannhauer M, Koponen LM, Peterchev AV. Conditions for numerically "
+    "accurate TMS electric field simulation. Brain Stimul. 2020;13(1):157-166. "
+    "doi:10.1016/j.brs.2019.09.015",
+    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold "
+    "for transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
+    "doi:10.1016/j.clinph.2007.04.004",
     "Nummenmaa2013": "Nummenmaa A, Stenroos M, Ilmoniemi RJ, Okada YC, Hamalainen MS, Raij T. "
     "Comparison of spherical and realistically shaped boundary element head models for "
     "transcranial magnetic stimulation navigation. Clin Neurophysiol. 2013;124(10):1995-2007. "
