@@ -39,17 +39,13 @@ from tmstarget.workflows.efield import (
     local_sphere,
     sweep_handle_angle,
 )
+from tmstarget.workflows.landmarks import POSE_COLUMNS
 from tmstarget.workflows.scalp import project_to_scalp
 
 #: Columns :class:`EfieldPlan` adds to the targets table.
 EFIELD_COLUMNS = ("handle_angle_deg", "efield_target_v_per_m", "efield_clinical_v_per_m",
                   "efield_optimal_angle_deg", "efield_optimal_v_per_m", "efield_dose_pct_mt",
                   "efield_dose_pct_mso")
-#: The coil pose columns of the targets table (as written by ScalpTargets).
-POSE_COLUMNS = ("coil_x", "coil_y", "coil_z",
-                "coil_xaxis_x", "coil_xaxis_y", "coil_xaxis_z",
-                "coil_yaxis_x", "coil_yaxis_y", "coil_yaxis_z",
-                "coil_zaxis_x", "coil_zaxis_y", "coil_zaxis_z")
 #: The row whose field sets the dose: the motor hotspot, where the motor threshold is measured.
 MOTOR_ROW = "motor_hand"
 #: Dipole spacing (mm) of the coil model drawing the map: 8 mm keeps a map on a BOLD grid to
