@@ -1,0 +1,446 @@
+"""E-field of a TMS coil in a locally fitted sphere: field, sphere fit, orientation, dose, map.
+
+Pure numpy/scipy functions on arrays. Positions are world millimetres (RAS) of whatever space the
+head is in; inside, the physics runs in SI (metres, A/s, V/m). Fields are in V/m for a coil
+current changing at ``didt_a_per_us`` amperes per microsecond (1 A/us = 1e6 A/s, the SimNIBS
+default ``didt``); every field is linear in it.
+
+Model
+-----
+The head is a spherically symmetric conductor (any radial conductivity profile) with its centre
+fitted to the head under the coil (:func:`local_sphere`). Outside sources (the coil's magnetic
+dipoles, :mod:`tmstarget.workflows.coil_models`) then induce inside it the field of Eaton (1992)
+and Heller & van Hulsteyn (1992): the primary field ``-dA/dt`` plus the field of the charges
+that build up on the boundary, in closed form (the formula of SimNIBS's analytic tests,
+``simnibs.simulation.analytical_solutions.tms_E_field``). It is tangential (no radial component),
+independent of conductivity and of the sphere's radius, and depends only on its centre.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from tmstarget.workflows.coil import LEFT_TO_RIGHT, POSTERIOR, coil_pose
+from tmstarget.workflows.coil_models import MU0_OVER_4PI, CoilModel
+
+#: Default coil current slope: 1 A/us, SimNIBS's default dI/dt (1e6 A/s). Fields scale linearly.
+DEFAULT_DIDT_A_PER_US = 1.0
+#: Radius (mm) of the scalp patch around the coil centre the local sphere is fitted to: about
+#: the extent of a figure-of-eight's field on the cortex (half-value region ~ 4 x 6 cm).
+SPHERE_FIT_RADIUS_MM = 40.0
+#: Handle angles searched by :func:`sweep_handle_angle`: -90 to 89 degrees in 1 degree steps (the
+#: magnitude of a symmetric figure-of-eight's field repeats every 180 degrees).
+SWEEP_ANGLES_DEG = np.arange(-90.0, 90.0, 1.0)
+#: Point-dipole pairs evaluated at once: ~50 000 keeps the temporaries in the CPU cache (about
+#: 4 times faster than 10^6 pairs at once, measured on the 2-core test machine).
+CHUNK_PAIRS = 50_000
+
+EFIELD_REFERENCES = {
+    "Eaton1992": "Eaton H. Electric field induced in a spherical volume conductor from arbitrary "
+    "coils: application to magnetic stimulation and MEG. Med Biol Eng Comput. "
+    "1992;30(4):433-440. doi:10.1007/BF02446182",
+    "HellerVanHulsteyn1992": "Heller L, van Hulsteyn DB. Brain stimulation using electromagnetic "
+    "sources: theoretical aspects. Biophys J. 1992;63(1):129-138. "
+    "doi:10.1016/S0006-3495(92)81587-4",
+    "Deng2013": "Deng ZD, Lisanby SH, Peterchev AV. Electric field depth-focality tradeoff in "
+    "transcranial magnetic stimulation: simulation comparison of 50 coil designs. Brain Stimul. "
+    "2013;6(1):1-13. doi:10.1016/j.brs.2012.02.005",
+    "Thielscher2015": "Thielscher A, Antunes A, Saturnino GB. Field modeling for transcranial "
+    "magnetic stimulation: a useful tool to understand the physiological effects of TMS? Conf "
+    "Proc IEEE Eng Med Biol Soc. 2015:222-225. doi:10.1109/EMBC.2015.7318340",
+    "Thielscher2011": "Thielscher A, Opitz A, Windhoff M. Impact of the gyral geometry on the "
+    "electric field induced by transcranial magnetic stimulation. NeuroImage. "
+    "2011;54(1):234-243. doi:10.1016/j.neuroimage.2010.07.061",
+    "Gomez2020": "Gomez LJ, Dannhauer M, Koponen LM, Peterchev AV. Conditions for numerically "
+    "accurate TMS electric field simulation. Brain Stimul. 2020;13(1):157-166. "
+    "doi:10.1016/j.brs.2019.09.015",
+    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold "
+    "for transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
+    "doi:10.1016/j.clinph.2007.04.004",
+    "Nummenmaa2013": "Nummenmaa A, Stenroos M, Ilmoniemi RJ, Okada YC, Hamalainen MS, Raij T. "
+    "Comparison of spherical and realistically shaped boundary element head models for "
+    "transcranial magnetic stimulation navigation. Clin Neurophysiol. 2013;124(10):1995-2007. "
+    "doi:10.1016/j.clinph.2013.04.019",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The field in a sphere
+# --------------------------------------------------------------------------------------------
+def _sphere_kernel(r, r0, m):
+    """Heller & van Hulsteyn (1992) field per unit (-mu0/4pi dI/dt), summed over dipoles.
+
+    Component-first arrays broadcast against each other, the last axis running over dipoles:
+    ``r`` (3, ..., 1) field points and ``r0`` (3, ..., D) dipole positions, both relative to
+    the sphere centre (m); ``m`` (3, ..., D) moments (m^2). With ``a = r0 - r`` and
+    ``F = |a| (|r0| |a| + r0.a)``: ``E = (F r x m - (m . grad F) r x r0) / F^2``, where
+    ``grad F = (|a|^2/|r0| + 2|a| + 2|r0| + r0.a/|a|) r0 - (|a| + 2|r0| + r0.a/|a|) r``;
+    computed as ``r x sum_dipoles(m / F - (m . grad F) r0 / F^2)``. Returns (3, ...).
+    """
+    ax, ay, az = r0[0] - r[0], r0[1] - r[1], r0[2] - r[2]
+    norm_a = np.sqrt(ax * ax + ay * ay + az * az)
+    norm_r0 = np.sqrt(r0[0] * r0[0] + r0[1] * r0[1] + r0[2] * r0[2])
+    r0_dot_a = r0[0] * ax + r0[1] * ay + r0[2] * az
+    inv_f = 1.0 / (norm_a * (norm_r0 * norm_a + r0_dot_a))
+    c_r = norm_a + 2.0 * norm_r0 + r0_dot_a / norm_a
+    c_r0 = norm_a * norm_a / norm_r0 + norm_a + c_r
+    m_dot_grad = (c_r0 * (m[0] * r0[0] + m[1] * r0[1] + m[2] * r0[2])
+                  - c_r * (m[0] * r[0] + m[1] * r[1] + m[2] * r[2]))
+    scale = m_dot_grad * inv_f * inv_f
+    wx = (m[0] * inv_f - scale * r0[0]).sum(-1)
+    wy = (m[1] * inv_f - scale * r0[1]).sum(-1)
+    wz = (m[2] * inv_f - scale * r0[2]).sum(-1)
+    rx, ry, rz = r[0][..., 0], r[1][..., 0], r[2][..., 0]
+    return np.stack([ry * wz - rz * wy, rz * wx - rx * wz, rx * wy - ry * wx])
+
+
+def sphere_efield(points_mm, dipole_positions_mm, dipole_moments_m2, centre_mm,
+                  didt_a_per_us: float = DEFAULT_DIDT_A_PER_US, *,
+                  chunk_pairs: int = CHUNK_PAIRS) -> np.ndarray:
+    """Total E-field (V/m) inside a spherically symmetric conductor from outside magnetic dipoles.
+
+    Parameters
+    ----------
+    points_mm : array-like (P, 3) or (3,)
+        Field points inside the conductor, world mm.
+    dipole_positions_mm : array-like (D, 3)
+        Dipole positions (outside the conductor), world mm.
+    dipole_moments_m2 : array-like (D, 3)
+        Moments per ampere of coil current, m^2.
+    centre_mm : array-like (3,)
+        Centre of the sphere, world mm.
+    didt_a_per_us : float
+        Rate of change of the coil current, A/us.
+    chunk_pairs : int
+        Point-dipole pairs evaluated at once (bounds memory: ~100 bytes a pair).
+
+    Returns
+    -------
+    ndarray (P, 3)
+        E in V/m.
+    """
+    points = np.atleast_2d(np.asarray(points_mm, dtype=float))
+    centre = np.asarray(centre_mm, dtype=float)
+    r0 = (np.asarray(dipole_positions_mm, dtype=float) - centre) * 1e-3
+    moments = np.asarray(dipole_moments_m2, dtype=float)
+    r = ((points - centre) * 1e-3).T[:, :, None]  # (3, P, 1)
+    r0, moments = r0.T[:, None, :].copy(), moments.T[:, None, :].copy()  # (3, 1, D)
+    field = np.empty((len(points), 3))
+    step = max(1, chunk_pairs // max(r0.shape[-1], 1))
+    for start in range(0, len(points), step):
+        rows = slice(start, start + step)
+        field[rows] = _sphere_kernel(r[:, rows], r0, moments).T
+    return -MU0_OVER_4PI * didt_a_per_us * 1e6 * field
+
+
+def efield_at_poses(model: CoilModel, poses, point_mm, centre_mm,
+                    didt_a_per_us: float = DEFAULT_DIDT_A_PER_US) -> np.ndarray:
+    """E-field (V/m) at one point for each of K coil poses, vectorized over poses.
+
+    Parameters
+    ----------
+    model : CoilModel
+    poses : array-like (K, 4, 4)
+        Coil poses (``matsimnibs`` layout), world mm.
+    point_mm, centre_mm : array-like (3,)
+        The point and the sphere centre, world mm.
+
+    Returns
+    -------
+    ndarray (K, 3)
+    """
+    poses = np.asarray(poses, dtype=float).reshape(-1, 4, 4)
+    centre = np.asarray(centre_mm, dtype=float)
+    r = ((np.asarray(point_mm, dtype=float) - centre) * 1e-3)[:, None, None]
+    field = np.empty((len(poses), 3))
+    step = max(1, CHUNK_PAIRS // len(model.positions_mm))
+    for start in range(0, len(poses), step):
+        chunk = poses[start:start + step]
+        rotation = chunk[:, :3, :3]
+        # Component-first (3, K, D) arrays.
+        positions = (np.einsum("kij,dj->ikd", rotation, model.positions_mm)
+                     + (chunk[:, :3, 3] - centre).T[:, :, None]) * 1e-3
+        moments = np.einsum("kij,dj->ikd", rotation, model.moments_m2)
+        field[start:start + step] = _sphere_kernel(r, positions, moments).T
+    return -MU0_OVER_4PI * didt_a_per_us * 1e6 * field
+
+
+# --------------------------------------------------------------------------------------------
+# The local sphere
+# --------------------------------------------------------------------------------------------
+def fit_sphere(points_mm) -> tuple[np.ndarray, float, float]:
+    """Least-squares sphere through points: algebraic fit, refined geometrically.
+
+    The algebraic fit solves ``|x|^2 = 2 c.x + (R^2 - |c|^2)`` linearly; it starts a
+    Levenberg-Marquardt minimisation of the geometric residuals ``|x - c| - R``
+    (``scipy.optimize.least_squares``).
+
+    Returns
+    -------
+    centre_mm : ndarray (3,)
+    radius_mm : float
+    rms_mm : float
+        Root mean square distance of the points from the sphere.
+    """
+    points = np.asarray(points_mm, dtype=float)
+    if len(points) < 4:
+        raise ValueError(f"a sphere needs at least 4 points, got {len(points)}")
+    design = np.column_stack([2 * points, np.ones(len(points))])
+    solution, *_ = np.linalg.lstsq(design, (points ** 2).sum(axis=1), rcond=None)
+    centre = solution[:3]
+    radius = np.sqrt(max(solution[3] + centre @ centre, 1e-12))
+
+    def residuals(params):
+        return np.linalg.norm(points - params[:3], axis=1) - params[3]
+
+    result = least_squares(residuals, np.r_[centre, radius], method="lm")
+    centre, radius = result.x[:3], abs(float(result.x[3]))
+    rms = float(np.sqrt(np.mean(residuals(np.r_[centre, radius]) ** 2)))
+    return centre, radius, rms
+
+
+def local_sphere(vertices_mm, point_mm, radius_mm: float = SPHERE_FIT_RADIUS_MM,
+                 min_vertices: int = 30) -> dict:
+    """Sphere fitted to the surface vertices within ``radius_mm`` of ``point_mm``.
+
+    Applied to the scalp mesh around the coil centre (what tmstarget has for every head). Under
+    the coil the scalp, skull and inner skull are roughly parallel surfaces, and parallel
+    surfaces of a sphere are concentric: their local centres of curvature agree, and only the
+    centre enters the field (:func:`sphere_efield`). Pass the vertices of another surface (an
+    inner-skull or brain-mask mesh) to fit to it instead.
+
+    Returns
+    -------
+    dict
+        ``centre_mm`` (3,), ``radius_mm``, ``rms_mm`` (fit residual), ``n_vertices``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``min_vertices`` vertices lie within ``radius_mm``.
+    """
+    vertices = np.asarray(vertices_mm, dtype=float)
+    near = vertices[np.linalg.norm(vertices - np.asarray(point_mm, dtype=float), axis=1)
+                    <= radius_mm]
+    if len(near) < min_vertices:
+        raise ValueError(f"only {len(near)} surface vertices within {radius_mm} mm of "
+                         f"{np.round(point_mm, 1).tolist()}: too few to fit a sphere")
+    centre, radius, rms = fit_sphere(near)
+    return {"centre_mm": centre, "radius_mm": radius, "rms_mm": rms, "n_vertices": len(near)}
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation by the field
+# --------------------------------------------------------------------------------------------
+def _poses_for_angles(point, normal, angles_deg, coil_offset_mm, posterior, left_right):
+    """:func:`coil_pose` for many handle angles at once (K, 4, 4).
+
+    ``coil_pose`` turns the handle in the tangent plane, ``y = cos(t) y0 + sin(t) y90`` with y0
+    and y90 its handles at 0 and 90 degrees, and sets ``x = y x z``; so do we.
+    """
+    at_0, at_90 = (coil_pose(point, normal, angle, coil_offset_mm, posterior=posterior,
+                             left_right=left_right) for angle in (0.0, 90.0))
+    theta = np.radians(np.asarray(angles_deg, dtype=float))[:, None]
+    y_axis = np.cos(theta) * at_0[:3, 1] + np.sin(theta) * at_90[:3, 1]
+    z_axis = np.broadcast_to(at_0[:3, 2], y_axis.shape)
+    poses = np.broadcast_to(at_0, (len(theta), 4, 4)).copy()
+    poses[:, :3, 0] = np.cross(y_axis, z_axis)
+    poses[:, :3, 1] = y_axis
+    return poses
+
+
+def sweep_handle_angle(model: CoilModel, scalp_point, scalp_normal, target_mm, centre_mm, *,
+                       angles_deg=SWEEP_ANGLES_DEG, coil_offset_mm: float = 0.0,
+                       posterior=POSTERIOR, left_right=LEFT_TO_RIGHT,
+                       didt_a_per_us: float = DEFAULT_DIDT_A_PER_US,
+                       shift_centres=None, prefer_angle_deg: float | None = None,
+                       tolerance: float = 0.0) -> dict:
+    """The coil pose, among handle angles (and optional centre shifts), with the largest |E| at
+    the target.
+
+    The criterion is the field MAGNITUDE at the target: it needs no cortical normal, is what
+    TANS and BOONStim maximise, and does not depend on the pulse's polarity (biphasic pulses
+    reverse the field). Handle angles follow :func:`tmstarget.workflows.coil.coil_pose`
+    (degrees from the head's posterior direction in the scalp's tangent plane, positive
+    laterally); the magnitude of this symmetric coil repeats every 180 degrees, so -90 to 90
+    covers all poses and the handle points backwards (the clinical side).
+
+    Parameters
+    ----------
+    model : CoilModel
+    scalp_point, scalp_normal : array-like (3,)
+        Coil centre on the scalp (world mm) and the OUTWARD scalp normal there.
+    target_mm : array-like (3,)
+        Cortical target, world mm.
+    centre_mm : array-like (3,)
+        Centre of the local sphere (:func:`local_sphere`).
+    angles_deg : array-like
+        Handle angles searched.
+    coil_offset_mm, posterior, left_right
+        As :func:`tmstarget.workflows.coil.coil_pose`.
+    didt_a_per_us : float
+    shift_centres : sequence of (point (3,), normal (3,)), optional
+        Further coil centres on the scalp to search (e.g. points within a few mm of
+        ``scalp_point`` projected onto the scalp); each with all angles, the same sphere.
+    prefer_angle_deg : float, optional
+        Tie-break: among the poses within ``tolerance`` of the largest |E|, the one whose
+        angle is closest (modulo 180 degrees) to this one (e.g. the clinical 45). For a target
+        on the coil's axis the magnitude hardly depends on the angle in a sphere, and an argmax
+        would pick an arbitrary one.
+    tolerance : float
+        Relative tolerance of that tie-break (0.01: within 1 % of the maximum).
+
+    Returns
+    -------
+    dict
+        ``handle_angle_deg`` (float), ``efield_v_per_m`` (|E| at the target, float),
+        ``efield_vector_v_per_m`` (3,), ``pose`` (4, 4), ``scalp_point`` (3,) of the best pose;
+        ``angles_deg`` and ``magnitude_v_per_m`` (|E| at the target for each angle at
+        ``scalp_point``, the profile).
+    """
+    angles = np.asarray(angles_deg, dtype=float)
+    centres = [(np.asarray(scalp_point, float), np.asarray(scalp_normal, float))]
+    centres += [(np.asarray(p, float), np.asarray(n, float)) for p, n in (shift_centres or ())]
+    fields, points, profile = [], [], None
+    for point, normal in centres:
+        poses = _poses_for_angles(point, normal, angles, coil_offset_mm, posterior, left_right)
+        field = efield_at_poses(model, poses, target_mm, centre_mm, didt_a_per_us)
+        fields.append((poses, field))
+        points.append(point)
+        if profile is None:
+            profile = np.linalg.norm(field, axis=1)
+    magnitude = np.concatenate([np.linalg.norm(field, axis=1) for _, field in fields])
+    candidates = np.flatnonzero(magnitude >= (1.0 - tolerance) * magnitude.max())
+    if prefer_angle_deg is None:
+        k = int(np.argmax(magnitude))
+    else:
+        off = (np.tile(angles, len(centres))[candidates] - prefer_angle_deg + 90.0) % 180.0 - 90.0
+        # closest angle first, then the larger field
+        k = int(candidates[np.lexsort((-magnitude[candidates], np.abs(off)))[0]])
+    which, index = divmod(k, len(angles))
+    poses, field = fields[which]
+    best = {"handle_angle_deg": float(angles[index]), "efield_v_per_m": float(magnitude[k]),
+            "efield_vector_v_per_m": field[index], "pose": poses[index],
+            "scalp_point": points[which]}
+    best.update(angles_deg=angles, magnitude_v_per_m=profile)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Dose
+# --------------------------------------------------------------------------------------------
+def efield_dose(efield_target_v_per_m: float, efield_motor_v_per_m: float,
+                motor_threshold_pct_mso: float | None = None) -> dict:
+    """Stimulator output giving the target the field the motor hotspot gets at motor threshold.
+
+    The field is proportional to the output (dI/dt scales with the capacitor voltage), so the
+    output at the target is ``MT * E_motor / E_target``, both fields computed per the same
+    dI/dt, each with its own coil pose (E-field-based dosing; compare the Stokes et al. 2007
+    depth adjustment, :func:`tmstarget.workflows.coil.depth_dose_adjustment`).
+
+    Returns
+    -------
+    dict
+        ``pct_mt``: the output at the target in % of the motor threshold (100 E_motor /
+        E_target); ``pct_mso``: in % of maximum stimulator output when
+        ``motor_threshold_pct_mso`` is given (else NaN). NaN where a field is not positive.
+    """
+    target, motor = float(efield_target_v_per_m), float(efield_motor_v_per_m)
+    if not (np.isfinite(target) and np.isfinite(motor) and target > 0 and motor > 0):
+        return {"pct_mt": float("nan"), "pct_mso": float("nan")}
+    ratio = motor / target
+    threshold = float("nan") if motor_threshold_pct_mso is None else float(motor_threshold_pct_mso)
+    return {"pct_mt": 100.0 * ratio, "pct_mso": threshold * ratio}
+
+
+# --------------------------------------------------------------------------------------------
+# Field maps
+# --------------------------------------------------------------------------------------------
+def efield_magnitude(points_mm, model: CoilModel, pose, centre_mm,
+                     didt_a_per_us: float = DEFAULT_DIDT_A_PER_US) -> np.ndarray:
+    """|E| (V/m) at world points (P, 3) for a coil pose, in the sphere centred at ``centre_mm``."""
+    positions, moments = model.in_world(pose)
+    field = sphere_efield(points_mm, positions, moments, centre_mm, didt_a_per_us)
+    return np.linalg.norm(field, axis=1)
+
+
+def efield_map(shape, affine, model: CoilModel, pose, centre_mm, *, mask=None,
+               max_distance_mm: float | None = None,
+               didt_a_per_us: float = DEFAULT_DIDT_A_PER_US) -> np.ndarray:
+    """|E| (V/m) on a voxel grid, float32, 0 where not computed.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+    affine : ndarray (4, 4)
+        Voxel-to-world (mm) affine of the grid.
+    mask : ndarray of bool, optional
+        Voxels to compute (e.g. the brain); default all.
+    max_distance_mm : float, optional
+        Compute only voxels within this distance of the coil centre (the sphere model holds
+        near the coil, and far away the field is small).
+    """
+    shape = tuple(int(n) for n in shape[:3])
+    selected = np.ones(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    ijk = np.argwhere(selected)
+    points = ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+    if max_distance_mm is not None:
+        keep = np.linalg.norm(points - np.asarray(pose)[:3, 3], axis=1) <= max_distance_mm
+        ijk, points = ijk[keep], points[keep]
+    out = np.zeros(shape, dtype=np.float32)
+    out[tuple(ijk.T)] = efield_magnitude(points, model, pose, centre_mm, didt_a_per_us)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Depth and focality (Deng et al. 2013)
+# --------------------------------------------------------------------------------------------
+def half_value_metrics(model: CoilModel, *, head_radius_mm: float = 85.0,
+                       brain_radius_mm: float = 70.0, spacing_mm: float = 1.0,
+                       didt_a_per_us: float = DEFAULT_DIDT_A_PER_US) -> dict:
+    """Half-value depth d1/2 and tangential spread S1/2 of a coil on a sphere (Deng et al. 2013).
+
+    Deng et al.'s set-up: a spherical head of radius 8.5 cm, the brain the concentric sphere
+    1.5 cm below the scalp (radius 7 cm), the coil on the scalp at the vertex. ``E_max`` is the
+    largest |E| in the brain, d1/2 the radial distance from the brain surface to the deepest
+    point where |E| >= E_max / 2, V1/2 the brain volume where |E| >= E_max / 2 and
+    S1/2 = V1/2 / d1/2. Here the deepest point is searched on the coil's axis (bisection; the
+    symmetric figure-of-eight's field decays slowest there) and V1/2 is counted on a grid of
+    ``spacing_mm`` over one quadrant (the field magnitude is symmetric in x and y).
+
+    Returns
+    -------
+    dict
+        ``e_max_v_per_m``, ``d_half_cm``, ``v_half_cm3``, ``s_half_cm2``.
+    """
+    pose = np.array([[-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, -1.0, head_radius_mm],
+                     [0, 0, 0, 1.0]])
+    centre = np.zeros(3)
+    positions, moments = model.in_world(pose)
+
+    def magnitude(points):
+        return np.linalg.norm(sphere_efield(points, positions, moments, centre, didt_a_per_us),
+                              axis=1)
+
+    e_max = float(magnitude([[0.0, 0.0, brain_radius_mm]])[0])
+    low, high = 0.0, brain_radius_mm  # |E| on the axis at `low` < half, at `high` >= half
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        if magnitude([[0.0, 0.0, middle]])[0] >= 0.5 * e_max:
+            high = middle
+        else:
+            low = middle
+    d_half = brain_radius_mm - high
+
+    # One quadrant of cell centres, from the brain surface to just below the deepest point.
+    xs = np.arange(0.5 * spacing_mm, brain_radius_mm, spacing_mm)
+    zs = np.arange(brain_radius_mm - 0.5 * spacing_mm, high - 2 * spacing_mm, -spacing_mm)
+    gx, gy, gz = np.meshgrid(xs, xs, zs, indexing="ij")
+    points = np.column_stack([gx.ravel(), gy.ravel(), gz.ravel()])
+    points = points[np.linalg.norm(points, axis=1) <= brain_radius_mm]
+    values = magnitude(points)
+    e_max = max(e_max, float(values.max()))
+    volume_mm3 = 4.0 * np.count_nonzero(values >= 0.5 * e_max) * spacing_mm ** 3
+    return {"e_max_v_per_m": e_max, "d_half_cm": d_half / 10.0,
+            "v_half_cm3": volume_mm3 / 1000.0, "s_half_cm2": volume_mm3 / d_half / 100.0}
