@@ -2,7 +2,7 @@
 
 :func:`plan_efield` takes the rows of the targets table (cortical point, scalp point) and the scalp
 mesh; :class:`EfieldPlan` adapts the files of :class:`tmstarget.workflows.scalp.ScalpProjection`
-(``scalp_mesh.npz``) and :class:`tmstarget.workflows.landmarks.ScalpTargets`
+(``scalp_mesh.npz``) and :class:`tmstarget.workflows.comparators.ScalpTargets`
 (``scalp_targets.tsv``, ``scalp_measurements.json``) to it and writes the table with the E-field
 columns, a JSON sidecar and a map of |E| on a reference grid. Physics and units:
 :mod:`tmstarget.workflows.efield` (world mm, V/m, dI/dt in A/us).
@@ -39,7 +39,7 @@ from tmstarget.workflows.efield import (
     local_sphere,
     sweep_handle_angle,
 )
-from tmstarget.workflows.landmarks import POSE_COLUMNS
+from tmstarget.workflows.comparators import POSE_COLUMNS
 from tmstarget.workflows.scalp import project_to_scalp
 
 #: Columns :class:`EfieldPlan` adds to the targets table.
