@@ -7,7 +7,7 @@ range of adult heads. A nonlinear participant's native head must carry the templ
 mapped through its own transform, onto its own skin.
 
 Functions used, through their public names: ``tmstarget.workflows.scalp.head_mask``,
-``scalp_mesh``; ``tmstarget.workflows.landmarks.FIDUCIALS_MNI``, ``MOTOR_HAND_MNI``,
+``scalp_mesh``; ``tmstarget.workflows.surface.snap_to_scalp``; ``tmstarget.workflows.landmarks.FIDUCIALS_MNI``, ``MOTOR_HAND_MNI``,
 ``place_fiducials``, ``snap_to_scalp``, ``ten_twenty_f3``, ``head_measurements``,
 ``place_beam_f3``, ``five_cm_rule``; ``tmstarget.workflows.transforms.map_points``.
 """
@@ -20,7 +20,9 @@ from tmstarget.synthetic.grids import _mni_grid
 from tmstarget.synthetic.heads import _rician, _SyntheticHead, _tissue_fields
 from tmstarget.synthetic import make_fmriprep_dataset
 from tmstarget.workflows import landmarks
-from tmstarget.workflows.scalp import head_mask, scalp_mesh
+from tmstarget.workflows.head import head_mask
+from tmstarget.workflows.scalp import scalp_mesh
+from tmstarget.workflows.surface import snap_to_scalp
 from tmstarget.workflows.transforms import map_points
 from helpers import REAL_DATA
 
@@ -62,16 +64,16 @@ def test_comparators_on_the_self_made_head(self_made_head):
     f3, cz = points["F3"], points["Cz"]
     assert f3[0] < -20.0                                     # left (RAS x < 0), off the midline
     assert f3[1] > cz[1] + 30.0                              # frontal
-    assert landmarks.snap_to_scalp(f3, vertices)[1][0] < 1.5  # on the skin
+    assert snap_to_scalp(f3, vertices)[1][0] < 1.5  # on the skin
     measures = landmarks.head_measurements(vertices, faces, *placed)
     for name, (low, high) in PLAUSIBLE_CM.items():
         assert low < measures[name] < high, (name, measures[name])
     beam = landmarks.place_beam_f3(vertices, faces, *placed)
     assert beam[0] < -20.0 and np.linalg.norm(beam - f3) < 15.0  # Beam F3 approximates 10-20 F3
-    motor = landmarks.snap_to_scalp(landmarks.MOTOR_HAND_MNI, vertices)[0][0]
+    motor = snap_to_scalp(landmarks.MOTOR_HAND_MNI, vertices)[0][0]
     five_cm = landmarks.five_cm_rule(vertices, faces, motor, placed[0], placed[1])
     assert five_cm[0] < 0 and five_cm[1] > motor[1] + 30.0    # anterior of the motor site, left
-    assert landmarks.snap_to_scalp(five_cm, vertices)[1][0] < 1.5
+    assert snap_to_scalp(five_cm, vertices)[1][0] < 1.5
 
 
 @pytest.fixture(scope="module")
