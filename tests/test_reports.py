@@ -243,6 +243,8 @@ def _chromium(url, tmp_path, *flags):
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's chromium "
                     "(apt-get install -y chromium)")
 def test_reports_render_in_a_browser(mni_run, cohort, tmp_path):

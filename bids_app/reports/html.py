@@ -48,7 +48,10 @@ table.plan td.coords{font-size:1.12em;font-weight:700;white-space:nowrap}
   nav,.print-note,section:not(#plan){display:none}
   h1{font-size:15pt;margin-top:0}h2{font-size:12pt;margin-top:.3em}h3{font-size:10.5pt;margin:.5em 0 .2em}
   table{font-size:9pt;margin:.3em 0}
-  .plan-head img{max-height:85mm;width:auto}
+  .plan-grid{display:block}
+  table.plan th{width:13em}
+  table.plan code{white-space:nowrap}
+  .plan-head img{max-height:75mm;width:auto}
   .warn,.ok{padding:.2em .6em}
   #plan{break-inside:avoid}
 }
@@ -56,7 +59,8 @@ table.plan td.coords{font-size:1.12em;font-weight:700;white-space:nowrap}
 
 #: Marks the page once every figure has loaded, for a person (a banner) and for tests (data-*):
 #: ``data-images-ok`` is "true" when every <img> decoded with a non-zero size;
-#: ``data-first-screen`` holds the text a reader sees without scrolling.
+#: ``data-first-screen`` holds the text a reader sees without scrolling; ``data-wide-tables`` counts
+#: the tables wider than the page.
 CHECK_SCRIPT = """
 window.tmsErrors = [];
 window.addEventListener('error', function (e) {
@@ -89,6 +93,9 @@ window.addEventListener('load', function () {
     document.body.insertBefore(note, document.body.firstChild);
   }
   document.body.dataset.firstScreen = tmsFirstScreen();
+  var right = document.body.getBoundingClientRect().right + 1;
+  document.body.dataset.wideTables = String(Array.prototype.slice.call(document.querySelectorAll('table'))
+    .filter(function (t) { var r = t.getBoundingClientRect(); return r.width > 0 && r.right > right; }).length);
 });
 """
 
