@@ -158,20 +158,18 @@ def summarize(table):
 def plot_group_glass(table, space, path):
     """All participants' targets of an MNI space on a glass brain (connectivity red, comparators)."""
     from matplotlib import pyplot as plt
-    from nilearn import plotting
 
-    from tmstarget.reports.palette import DPI, TARGET_COLOURS, WIDTH_IN
+    from tmstarget.reports.figures import plot_glass_brain, save_display
+    from tmstarget.reports.palette import TARGET_COLOURS, WIDTH_IN
 
     rows = table[table["space"] == space]
     fig = plt.figure(figsize=(WIDTH_IN, 3.4))
-    display = plotting.plot_glass_brain(None, display_mode="lzr", figure=fig,
-                                        title=f"targets of {rows['participant_id'].nunique()} participants ({space})")
+    display = plot_glass_brain(None, display_mode="lzr", figure=fig,
+                               title=f"targets of {rows['participant_id'].nunique()} participants ({space})")
     for name, group in rows.groupby("name"):
         display.add_markers(group[["x", "y", "z"]].to_numpy(float), marker_color=TARGET_COLOURS.get(name, "k"),
                             marker_size=45 if name == "connectivity" else 20)
     display.add_markers([GROUP_OPTIMAL_MNI], marker_color="k", marker="x", marker_size=60)
-    from tmstarget.reports.figures import save_display
-
     return save_display(display, path)
 
 

@@ -164,7 +164,8 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
                      "threshold.</p>" + "".join(tables_html) + distances_html))
 
     # -- connectivity map, regions
-    slices = draw.plot_target_slices(paths["z_map"], t1w, target_xyz, figures / figure_name(stem, space, "target", "png"),
+    underlay = draw.load_underlay(t1w) if t1w else None
+    slices = draw.plot_target_slices(paths["z_map"], underlay, target_xyz, figures / figure_name(stem, space, "target", "png"),
                                      f"connectivity target ({target_xyz[0]:.1f}, {target_xyz[1]:.1f}, {target_xyz[2]:.1f}) mm")
     glass = draw.plot_target_glass(paths["z_map"], targets, figures / figure_name(stem, space, "glassbrain", "png"))
     sections.append(("connectivity", "Connectivity map and target", figure_html(
@@ -174,7 +175,7 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
                                  + "." + ("" if space.startswith("MNI") else f" The outline is the MNI brain's; the map "
                                           f"and the points are in the participant's {space} space, so they match it only roughly."))))
     if t1w:
-        regions = draw.plot_regions(t1w, paths["seed_mask"], paths["search_mask"],
+        regions = draw.plot_regions(underlay, paths["seed_mask"], paths["search_mask"],
                                     figures / figure_name(stem, space, "regions", "png"))
         sections.append(("regions", "Seed and search region", figure_html(rel(regions), "seed and search region")))
 
@@ -185,7 +186,7 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     if reliability or sufficiency or frequency_map.is_file():
         body = reliability_html(reliability, voxel_mm) if isinstance(reliability, dict) else ""
         if frequency_map.is_file() and t1w:
-            freq = draw.plot_frequency(frequency_map, t1w, target_xyz, figures / figure_name(stem, space, "targetfrequency", "png"))
+            freq = draw.plot_frequency(frequency_map, underlay, target_xyz, figures / figure_name(stem, space, "targetfrequency", "png"))
             body += figure_html(rel(freq), "target frequency map")
         if isinstance(sufficiency, dict):
             body += "<h3>Data the target rests on</h3>" + data_sufficiency_html(sufficiency, parameters.get("Denoising"))
