@@ -23,6 +23,9 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em;max-width:100%}
 td,th{border:1px solid #ccc;padding:.2em .55em;text-align:right;vertical-align:top}th{background:#f0f3f8}
 td:first-child,th:first-child{text-align:left}
 td.num{white-space:nowrap}
+table.targets td:first-child{white-space:nowrap}
+table.targets{font-size:.84em}table.targets td,table.targets th{padding:.2em .4em}
+table.reliability td:last-child{text-align:left}
 .tablewrap{overflow-x:auto;max-width:100%}
 img{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 code,.path{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.92em;overflow-wrap:anywhere}
