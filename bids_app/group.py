@@ -158,21 +158,19 @@ def summarize(table):
 def plot_group_glass(table, space, path):
     """All participants' targets of an MNI space on a glass brain (connectivity red, comparators)."""
     from matplotlib import pyplot as plt
-    from nilearn import plotting
 
-    from tmstarget.reports import DPI, TARGET_COLOURS, WIDTH_IN
+    from tmstarget.reports.figures import plot_glass_brain, save_display
+    from tmstarget.reports.palette import TARGET_COLOURS, WIDTH_IN
 
     rows = table[table["space"] == space]
     fig = plt.figure(figsize=(WIDTH_IN, 3.4))
-    display = plotting.plot_glass_brain(None, display_mode="lzr", figure=fig,
-                                        title=f"targets of {rows['participant_id'].nunique()} participants ({space})")
+    display = plot_glass_brain(None, display_mode="lzr", figure=fig,
+                               title=f"targets of {rows['participant_id'].nunique()} participants ({space})")
     for name, group in rows.groupby("name"):
         display.add_markers(group[["x", "y", "z"]].to_numpy(float), marker_color=TARGET_COLOURS.get(name, "k"),
                             marker_size=45 if name == "connectivity" else 20)
     display.add_markers([GROUP_OPTIMAL_MNI], marker_color="k", marker="x", marker_size=60)
-    atomic_write(path, lambda tmp: display.savefig(tmp, dpi=DPI))
-    display.close()
-    return Path(path)
+    return save_display(display, path)
 
 
 def _stats_row(label, stats):
@@ -184,7 +182,8 @@ def _stats_row(label, stats):
 
 def group_html(table, summary, figures, output_dir):
     """The group page (``group.html``)."""
-    from tmstarget.reports import _page, targets_html
+    from tmstarget.reports.html import page, sections_html, targets_html
+    from tmstarget.reports.palette import colour_legend
 
     header = "<tr><th></th><th>N</th><th>mean</th><th>SD</th><th>min</th><th>median</th><th>max</th></tr>"
     sections = [("summary", "Summary", f"<p>{len(summary['Participants'])} participant(s): "
@@ -215,17 +214,16 @@ def group_html(table, summary, figures, output_dir):
         if space in figures:
             rel = figures[space].relative_to(output_dir).as_posix()
             body.append(f"<img src='{html.escape(rel)}' alt='targets on a glass brain'>"
-                        "<p><small>Red: connectivity targets; other colours: scalp-based comparators; "
-                        "black cross: group-optimal site.</small></p>")
+                        f"<p><small>Dots: {html.escape(colour_legend(table['name']))}; "
+                        "black cross: the group-optimal site.</small></p>")
         connectivity = table[(table["space"] == space) & (table["name"] == "connectivity")]
         connectivity = connectivity.drop(columns=["distance_to_connectivity_mm", "depth_adjustment_pct_mso"],
                                          errors="ignore")
         body.append("<h3>Connectivity targets</h3>" + targets_html(connectivity, space,
                                                                     participant_column="participant_id"))
         sections.append((f"space-{space}", space, "\n".join(body)))
-    content = "<h1>tmstarget group report</h1>\n" + "\n".join(
-        f"<section id='{a}'><h2>{html.escape(t)}</h2>{c}</section>" for a, t, c in sections)
-    return _page("tmstarget group report", [(a, t) for a, t, _ in sections], content)
+    content = "<h1>tmstarget group report</h1>\n" + sections_html(sections)
+    return page("tmstarget group report", [(a, t) for a, t, _ in sections], content)
 
 
 def run_group(output_dir, participant_label=None):

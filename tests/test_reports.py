@@ -243,6 +243,8 @@ def _chromium(url, tmp_path, *flags):
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's chromium "
                     "(apt-get install -y chromium)")
 def test_reports_render_in_a_browser(mni_run, cohort, tmp_path):
@@ -261,6 +263,7 @@ def test_reports_render_in_a_browser(mni_run, cohort, tmp_path):
         # every figure decoded with a size, no script or resource error in the page
         assert attributes.get("images-ok") == "true", (page.name, attributes)
         assert attributes.get("errors") == "0", (page.name, attributes)
+        assert attributes.get("wide-tables") == "0", (page.name, attributes)  # every table fits the page
         assert int(attributes["images"]) >= (6 if page.name.startswith("sub-") else 1)
         console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
         assert not console, console
