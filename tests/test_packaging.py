@@ -32,7 +32,7 @@ def test_folder_names_are_not_importable(name, tmp_path):
 
 
 def test_graph_and_face_under_one_name(tmp_path):
-    code = ("import tmstarget.workflows.base, tmstarget.cli, tmstarget.synthetic; "
+    code = ("import tmstarget.workflows.base, tmstarget.cli, tmstarget.synthetic, tmstarget.reports; "
             "print(tmstarget.workflows.base.__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
