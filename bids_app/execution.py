@@ -9,15 +9,17 @@ for the next poll, 1.8 s on average here); :class:`WakingMultiProc` wakes when a
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import re
 import signal
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
 
 LOGGER = logging.getLogger("tmstarget")
 
@@ -53,10 +55,20 @@ class WakingMultiProc(MultiProcPlugin):
     def __init__(self, plugin_args=None):
         super().__init__(plugin_args=plugin_args)
         self._finished = threading.Event()
+        self._stopping = False
+        # The same pool, with workers that ignore SIGINT: a Ctrl-C reaches the whole process
+        # group, and the main process alone decides what an interrupt does (stop_workers).
+        self.pool.shutdown(wait=False)
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.processors, initializer=_worker_initializer, initargs=(self._cwd,),
+            mp_context=mp.get_context(self.plugin_args.get("mp_context")))
 
     def _async_callback(self, args):
         try:
             super()._async_callback(args)
+        except Exception:  # noqa: BLE001  a worker ended by stop_workers: nothing to report
+            if not self._stopping:
+                raise
         finally:  # the result is stored before the loop is woken to read it
             self._finished.set()
 
@@ -70,12 +82,19 @@ class WakingMultiProc(MultiProcPlugin):
     def stop_workers(self):
         """End the worker processes now (after an interrupt: their steps are redone next time)."""
         # concurrent.futures has no public way to stop running tasks: end the processes
+        self._stopping = True
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
         for process in processes:
             process.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+
+
+def _worker_initializer(cwd):
+    """Nipype's set-up of a MultiProc worker, and SIGINT ignored (see WakingMultiProc)."""
+    process_initializer(cwd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _subject_of(name):
@@ -93,9 +112,11 @@ class NodeProgress:
 
     PLUMBING = ("IdentityInterface", "Merge")
 
-    def __init__(self):
+    def __init__(self, interrupted=lambda: False):
         self.since = datetime.now(timezone.utc)
         self.started = {}
+        #: whether SIGINT arrived: a step it stopped did not fail
+        self.interrupted = interrupted
 
     @staticmethod
     def _runtime(node):
@@ -117,7 +138,10 @@ class NodeProgress:
         label = (f"sub-{_subject_of(key)}  {'run-' + run.group(1) + ' ' if run else ''}"
                  f"{node.name.replace('_', ' ')}")
         if status == "exception":
-            LOGGER.error("%s failed after %.1f s", label, seconds)
+            if self.interrupted():
+                LOGGER.debug("%s interrupted after %.1f s", label, seconds)
+            else:
+                LOGGER.error("%s failed after %.1f s", label, seconds)
             return
         began, duration = self._runtime(node)
         reused = began is not None and began < self.since
@@ -186,13 +210,13 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None):
     workflow.base_dir = str(work_dir)
     crash_dir = Path(work_dir) / "crash"
     start = time.time()
-    plugin_args = {"status_callback": NodeProgress()}
-    if nprocs > 1:
-        plugin_args.update(n_procs=nprocs, raise_insufficient=False)
-        if mem_gb:
-            plugin_args["memory_gb"] = mem_gb
     runner = None
     with _SigintFlag() as sigint:
+        plugin_args = {"status_callback": NodeProgress(interrupted=lambda: sigint.received)}
+        if nprocs > 1:
+            plugin_args.update(n_procs=nprocs, raise_insufficient=False)
+            if mem_gb:
+                plugin_args["memory_gb"] = mem_gb
         try:
             if nprocs > 1:
                 runner = WakingMultiProc(plugin_args=plugin_args)
