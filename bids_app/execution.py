@@ -133,15 +133,18 @@ class NodeProgress:
         if status == "start":
             self.started[key] = time.time()
             return
-        seconds = time.time() - self.started.pop(key, time.time())
+        # MultiProc calls "start" only for steps it sends to a worker
+        started = self.started.pop(key, None)
+        seconds = time.time() - started if started is not None else 0.0
         run = re.search(r"run_(\d+)_wf", key)
         label = (f"sub-{_subject_of(key)}  {'run-' + run.group(1) + ' ' if run else ''}"
                  f"{node.name.replace('_', ' ')}")
         if status == "exception":
+            after = f" after {seconds:.1f} s" if started is not None else ""
             if self.interrupted():
-                LOGGER.debug("%s interrupted after %.1f s", label, seconds)
+                LOGGER.debug("%s interrupted%s", label, after)
             else:
-                LOGGER.error("%s failed after %.1f s", label, seconds)
+                LOGGER.error("%s failed%s", label, after)
             return
         began, duration = self._runtime(node)
         reused = began is not None and began < self.since

@@ -37,7 +37,7 @@ def quality_warnings(runs, connectivity_z=None, reliability=None):
     runs : list of dict
         The runs' denoising summaries (``BoldFile``, ``Volumes``, ``RetainedVolumes``,
         ``DegreesOfFreedom``, ``Used``), as :class:`tmstarget.workflows.combine.CombineRuns`
-        writes them. Dropped runs are warned about by that step itself.
+        writes them. Dropped runs are warned about by that step itself, and not checked here.
     connectivity_z : float or None
         Fisher z of the connectivity target.
     reliability : dict or None
@@ -50,8 +50,10 @@ def quality_warnings(runs, connectivity_z=None, reliability=None):
     """
     warnings = []
     for run in runs:
+        if not run.get("Used", True):  # not part of the target: CombineRuns says it was dropped
+            continue
         name = Path(str(run["BoldFile"])).name
-        if run.get("Used", True) and run["RetainedVolumes"] < MIN_RETAINED_FRACTION * run["Volumes"]:
+        if run["RetainedVolumes"] < MIN_RETAINED_FRACTION * run["Volumes"]:
             warnings.append(f"{name}: only {run['RetainedVolumes']} of {run['Volumes']} volumes retained "
                             f"(less than {MIN_RETAINED_FRACTION:.0%}) after censoring")
         if run.get("DegreesOfFreedom", 1) <= 0:
