@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -272,85 +271,18 @@ def prepare_output_dir(output_dir):
     return created
 
 
-def _configure_nipype(work_dir, verbose):
-    from nipype import config, logging as nipype_logging
+def run_participants(collected, options, output_dir, source_dir, work_dir, args):
+    """Build one graph of every collected participant and run it (see :mod:`tmstarget.execution`).
 
-    config.update_config({
-        "execution": {"crashdump_dir": str(work_dir / "crash"), "crashfile_format": "txt",
-                      "stop_on_first_crash": "true", "remove_unnecessary_outputs": "false",
-                      "check_version": "false", "use_relative_paths": "false"},
-        # Nipype's own messages only with -v: a failing node is reported by tmstarget in one line.
-        "logging": {"workflow_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)],
-                    "interface_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)],
-                    "utils_level": ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)]},
-        "monitoring": {"enabled": "false"},
-    })
-    nipype_logging.update_logging(config)
-
-
-def _crash_message(crash_dir, since):
-    """The last line of the newest Nipype crash report written after ``since``."""
-    reports = sorted((p for p in Path(crash_dir).glob("crash-*.txt") if p.stat().st_mtime >= since),
-                     key=lambda p: p.stat().st_mtime)
-    if not reports:
-        return None
-    lines = [line.strip() for line in reports[-1].read_text().splitlines() if line.strip()]
-    errors = [line for line in lines if "Error: " in line or "Exception: " in line]
-    message = (errors or lines)[-1]
-    return message.split(": ", 1)[1] if ": " in message else message
-
-
-class NodeProgress:
-    """Nipype ``status_callback``: one line per finished step, so a long run says what it does.
-
-    Steps that compute or write something are logged at INFO (``sub-01  run-01 denoise  12.3 s``,
-    ``reused`` when the result came from the work dir); the plumbing nodes (identity, merge) only
-    with ``-v``, so the console is not flooded.
+    Returns the time the run began; raises :class:`tmstarget.execution.StepFailed` or
+    KeyboardInterrupt.
     """
+    from tmstarget.execution import run_graph
+    from tmstarget.participant import init_participants_wf
 
-    PLUMBING = ("IdentityInterface", "Merge")
-
-    def __init__(self, subject):
-        self.subject = subject
-        self.started = {}
-
-    def __call__(self, node, status):
-        key = node.fullname
-        if status == "start":
-            self.started[key] = time.time()
-            return
-        started = self.started.pop(key, time.time())
-        seconds = time.time() - started
-        # A node run now writes its result file; a node reused from the work dir does not.
-        result_file = Path(node.output_dir()) / f"result_{node.name}.pklz"
-        reused = result_file.is_file() and result_file.stat().st_mtime < started
-        run = re.search(r"run_(\d+)_wf", key)
-        label = f"sub-{self.subject}  {'run-' + run.group(1) + ' ' if run else ''}{node.name.replace('_', ' ')}"
-        if status == "exception":
-            LOGGER.error("%s failed after %.1f s", label, seconds)
-        else:
-            level = logging.DEBUG if type(node.interface).__name__ in self.PLUMBING else logging.INFO
-            LOGGER.log(level, "%-36s %6.1f s%s", label, seconds, " (reused)" if reused else "")
-
-
-def run_participant(inputs, options, output_dir, source_dir, work_dir, args):
-    """Build and run one participant's graph; return the paths of its outputs."""
-    from tmstarget.derivatives import participant_paths
-    from tmstarget.workflows.base import init_participant_wf
-
-    workflow = init_participant_wf(inputs, options, output_dir, source_dir,
-                                   report=not getattr(args, "no_report", False))
-    workflow.base_dir = str(work_dir)
-    plugin_args = {"status_callback": NodeProgress(inputs.subject)}
-    if args.nprocs > 1:
-        plugin_args.update(n_procs=args.nprocs, raise_insufficient=False)
-        if args.mem_gb:
-            plugin_args["memory_gb"] = args.mem_gb
-        workflow.run(plugin="MultiProc", plugin_args=plugin_args)
-    else:
-        workflow.run(plugin="Linear", plugin_args=plugin_args)
-    return participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
-                             options.seed_name)
+    workflow = init_participants_wf(collected, options, output_dir, source_dir,
+                                    report=not getattr(args, "no_report", False))
+    return run_graph(workflow, work_dir, nprocs=args.nprocs, mem_gb=args.mem_gb)
 
 
 def main(argv=None):
@@ -434,7 +366,9 @@ def _run(args, options):
 
     work_dir = (args.work_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "tmstarget_work").resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    _configure_nipype(work_dir, args.verbose)
+    from tmstarget.execution import StepFailed, configure_nipype
+
+    configure_nipype(work_dir, args.verbose)
     # matplotlib (the reports) keeps a font cache in $HOME unless told otherwise: nothing is
     # written outside the output, work and temporary folders.
     os.environ.setdefault("MPLCONFIGDIR", str(work_dir / "matplotlib"))
@@ -447,41 +381,52 @@ def _run(args, options):
         collected.append(inputs)
     output_dir = Path(args.output_dir)
     created = prepare_output_dir(output_dir)
-    done = 0
+    start = time.time()
+    finished = []
     try:
         for number, inputs in enumerate(collected, start=1):
             LOGGER.info("sub-%s [%d/%d]: %d run(s) in %s", inputs.subject, number, len(collected),
                         len(inputs.runs), inputs.space)
-            if not inputs.t1w:
-                LOGGER.warning("sub-%s: no desc-preproc_T1w in %s: the target is computed, the scalp "
-                               "stage (scalp point, coil pose, scalp-based comparators) is skipped",
-                               inputs.subject, inputs.space)
-            start = time.time()
-            try:
-                paths = run_participant(inputs, options, output_dir, source_dir, work_dir, args)
-            except RuntimeError as err:
-                message = _crash_message(work_dir / "crash", start) or str(err)
-                raise InputError(f"sub-{inputs.subject}: {message}") from None
-            # The dataset-level files once a participant is complete: a failed first run leaves
-            # the output folder as it was.
-            write_dataset_description(output_dir, source_dir, inputs.source_version)
-            done += 1
-            _report(inputs, output_dir, paths, time.time() - start)
+        try:
+            run_participants(collected, options, output_dir, source_dir, work_dir, args)
+        except StepFailed as err:
+            subject = err.subject or (collected[0].subject if len(collected) == 1 else None)
+            raise InputError(f"sub-{subject}: {err}" if subject else str(err)) from None
+        finally:
+            # The dataset-level files once a participant is complete (also when another one then
+            # failed): a failed first run leaves the output folder as it was.
+            finished = [inputs for inputs in collected if _written_since(inputs, options, output_dir, start)]
+            if finished:
+                write_dataset_description(output_dir, source_dir, finished[0].source_version)
+        seconds = time.time() - start
+        for inputs in collected:
+            _report(inputs, options, output_dir, seconds)
     finally:
-        if created and not done and not any(output_dir.iterdir()):
+        if created and not finished and output_dir.is_dir() and not any(output_dir.iterdir()):
             output_dir.rmdir()
     return 0
 
 
-def _report(inputs, output_dir, paths, seconds):
+def _written_since(inputs, options, output_dir, since):
+    """Whether the participant's derivatives were written by this run (its config is the last file)."""
+    from tmstarget.derivatives import participant_paths
+
+    config = participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
+                               options.seed_name)["config"]
+    return config.is_file() and config.stat().st_mtime >= since - 1
+
+
+def _report(inputs, options, output_dir, seconds):
+    """The participant's target on the console, and every warning of its steps, once each."""
     import pandas as pd
 
-    from tmstarget.derivatives import sidecar, targets_path
+    from tmstarget.derivatives import participant_paths, sidecar, targets_path
 
-    for run in json.loads(sidecar(paths["z_map"]).read_text())["Runs"]:
-        if not run["Used"]:
-            LOGGER.warning("sub-%s: %s was dropped: %.0f s retained, less than --min-time",
-                           inputs.subject, run["Source"], run["RetainedTime_s"])
+    paths = participant_paths(output_dir, inputs.subject, inputs.space, options.task_id,
+                              options.seed_name)
+    targets_sidecar = json.loads(sidecar(paths["targets"]).read_text())
+    for warning in targets_sidecar.get("QualityWarnings", []):
+        LOGGER.warning("sub-%s: %s", inputs.subject, warning)
 
     print(f"sub-{inputs.subject}: connectivity target, Fisher z and scalp point [{seconds:.0f} s]")
     for space in (inputs.space, inputs.other_space):
@@ -493,12 +438,9 @@ def _report(inputs, output_dir, paths, seconds):
                  f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
         print(f"  {space}: ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm, z {row.seed_correlation_z:.2f}"
               f"{scalp}\n    {targets_file}")
-    reliability = json.loads(sidecar(paths["targets"]).read_text()).get("Reliability", {})
+    reliability = targets_sidecar.get("Reliability", {})
     if "Grade" in reliability:
         print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})")
-        if reliability["Grade"] == "low":
-            LOGGER.warning("sub-%s: low target reliability: %s", inputs.subject,
-                           reliability["GradeReason"])
     report = Path(output_dir) / f"sub-{inputs.subject}.html"
     if report.is_file() and report.stat().st_mtime >= time.time() - seconds - 1:
         print(f"  report: {report}")

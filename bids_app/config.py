@@ -1,9 +1,8 @@
-"""Defaults of tmstarget, each with the literature it comes from, and the options of one run.
+"""The options of one tmstarget run, and the science defaults they start from.
 
-Every number the science depends on is defined here once. The command line, the JSON sidecars and
-the README all read them from this module, so a default cannot drift from its documented source.
-All coordinates are world millimetres, RAS, in MNI space (MNI152NLin2009cAsym; the published sites
-were reported in MNI152 space and the MNI152 variants differ by a few mm at most).
+The defaults and their literature live with the graph, in :mod:`tmstarget.workflows.defaults`
+(defined once there); they are re-exported here so that the face and existing code read them as
+``tmstarget.config.X``.
 """
 
 from __future__ import annotations
@@ -13,137 +12,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REFERENCES = {
-    "Fox2012": "Fox MD, Buckner RL, White MP, Greicius MD, Pascual-Leone A. Efficacy of transcranial "
-    "magnetic stimulation targets for depression is related to intrinsic functional connectivity with "
-    "the subgenual cingulate. Biol Psychiatry. 2012;72(7):595-603. doi:10.1016/j.biopsych.2012.04.028",
-    "Cash2019": "Cash RFH, Zalesky A, Thomson RH, Tian Y, Cocchi L, Fitzgerald PB. Subgenual functional "
-    "connectivity predicts antidepressant treatment response to transcranial magnetic stimulation: "
-    "independent validation and evaluation of personalization. Biol Psychiatry. 2019;86(2):e5-e7. "
-    "doi:10.1016/j.biopsych.2018.12.002",
-    "Cash2021": "Cash RFH, Cocchi L, Lv J, Wu Y, Fitzgerald PB, Zalesky A. Personalized connectivity-guided "
-    "DLPFC-TMS for depression: advancing computational feasibility, precision and reproducibility. "
-    "Hum Brain Mapp. 2021;42(13):4155-4172. doi:10.1002/hbm.25330",
-    "MirMoghtadaei2015": "Mir-Moghtadaei A, Caballero R, Fried P, et al. Concordance between BeamF3 and "
-    "MRI-neuronavigated target sites for repetitive transcranial magnetic stimulation of the left "
-    "dorsolateral prefrontal cortex. Brain Stimul. 2015;8(5):965-973. doi:10.1016/j.brs.2015.05.008",
-    "Ciric2017": "Ciric R, Wolf DH, Power JD, et al. Benchmarking of participant-level confound regression "
-    "strategies for the control of motion artifact in studies of functional connectivity. Neuroimage. "
-    "2017;154:174-187. doi:10.1016/j.neuroimage.2017.03.020",
-    "Satterthwaite2013": "Satterthwaite TD, Elliott MA, Gerraty RT, et al. An improved framework for "
-    "confound regression and filtering for control of motion artifact in the preprocessing of "
-    "resting-state functional connectivity data. Neuroimage. 2013;64:240-256. "
-    "doi:10.1016/j.neuroimage.2012.08.052",
-    "Power2012": "Power JD, Barnes KA, Snyder AZ, Schlaggar BL, Petersen SE. Spurious but systematic "
-    "correlations in functional connectivity MRI networks arise from subject motion. Neuroimage. "
-    "2012;59(3):2142-2154. doi:10.1016/j.neuroimage.2011.10.018",
-    "Behzadi2007": "Behzadi Y, Restom K, Liau J, Liu TT. A component based noise correction method "
-    "(CompCor) for BOLD and perfusion based fMRI. Neuroimage. 2007;37(1):90-101. "
-    "doi:10.1016/j.neuroimage.2007.04.042",
-    "Lindquist2019": "Lindquist MA, Geuter S, Wager TD, Caffo BS. Modular preprocessing pipelines can "
-    "reintroduce artifacts into fMRI data. Hum Brain Mapp. 2019;40(8):2358-2376. doi:10.1002/hbm.24528",
-    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold for "
-    "transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
-    "doi:10.1016/j.clinph.2007.04.004",
-    "Bellec2010": "Bellec P, Rosa-Neto P, Lyttelton OC, Benali H, Evans AC. Multi-level bootstrap "
-    "analysis of stable clusters in resting-state fMRI. Neuroimage. 2010;51(3):1126-1139. "
-    "doi:10.1016/j.neuroimage.2010.02.082",
-    "Lynch2020": "Lynch CJ, Power JD, Scult MA, Dubin M, Gunning FM, Liston C. Rapid precision "
-    "functional mapping of individuals using multi-echo fMRI. Cell Rep. 2020;33(12):108540. doi:10.1016/j.celrep.2020.108540",
-    "VanDijk2010": "Van Dijk KRA, Hedden T, Venkataraman A, Evans KC, Lazar SW, Buckner RL. Intrinsic "
-    "functional connectivity as a tool for human connectomics: theory, properties, and optimization. "
-    "J Neurophysiol. 2010;103(1):297-321. doi:10.1152/jn.00783.2009",
-    "Deng2013": "Deng ZD, Lisanby SH, Peterchev AV. Electric field depth-focality tradeoff in "
-    "transcranial magnetic stimulation: simulation comparison of 50 coil designs. Brain Stimul. "
-    "2013;6(1):1-13. doi:10.1016/j.brs.2012.02.005",
-    "Cole2020": "Cole EJ, Stimpson KH, Bentzley BS, et al. Stanford Accelerated Intelligent "
-    "Neuromodulation Therapy for treatment-resistant depression. Am J Psychiatry. "
-    "2020;177(8):716-726. doi:10.1176/appi.ajp.2019.19070720",
-}
-
-#: sgACC seed: 10 mm sphere (Fox et al. 2012; Cash et al. 2019, 2021).
-SGACC_CENTER_MNI = (6.0, 16.0, -10.0)
-SGACC_RADIUS_MM = 10.0
-
-#: DLPFC sites whose 20 mm spheres make the search region (sites from Fox et al. 2012; their union used
-#: as the search region by Cash et al. 2021 and ConTarg).
-DLPFC_SITES_MNI = {
-    "BA9": (-36.0, 39.0, 43.0),
-    "BA46": (-44.0, 40.0, 29.0),
-    "5cm": (-41.0, 16.0, 54.0),
-    "BeamF3": (-37.0, 26.0, 49.0),
-}
-DLPFC_RADIUS_MM = 20.0
-
-#: Group-optimal sgACC-anticorrelated site (Fox lab; Mir-Moghtadaei et al. 2015).
-GROUP_OPTIMAL_MNI = (-38.0, 44.0, 26.0)
-
-#: Named confound strategies: arguments of nilearn.interfaces.fmriprep.load_confounds.
-#: ``gsr`` is the default: 24 motion parameters + WM + CSF + global signal with their temporal
-#: derivatives (Fox et al. 2012 regressed the global signal; 24P expansion: Satterthwaite et al. 2013).
-CONFOUND_STRATEGIES = {
-    "gsr": {
-        "strategy": ("motion", "wm_csf", "global_signal"),
-        "motion": "full",
-        "wm_csf": "derivatives",
-        "global_signal": "derivatives",
-        "description": "24 motion parameters, white matter, CSF and global signal with temporal "
-        "derivatives (30 regressors)",
-        "references": ["Fox2012", "Satterthwaite2013", "Ciric2017"],
-    },
-    "nogsr": {
-        "strategy": ("motion", "wm_csf"),
-        "motion": "full",
-        "wm_csf": "derivatives",
-        "description": "24 motion parameters, white matter and CSF with temporal derivatives "
-        "(28 regressors), no global signal regression",
-        "references": ["Satterthwaite2013", "Ciric2017"],
-    },
-    "acompcor": {
-        "strategy": ("motion", "high_pass", "compcor"),
-        "motion": "full",
-        "compcor": "anat_combined",
-        "n_compcor": 5,
-        "description": "24 motion parameters, fMRIPrep's discrete cosine high-pass basis and the first 5 "
-        "anatomical CompCor components of the combined WM+CSF mask",
-        "references": ["Behzadi2007", "Ciric2017"],
-    },
-    "none": {
-        "strategy": (),
-        "description": "no confound regression (band-pass filtering and smoothing only); for comparison, "
-        "not for treatment",
-        "references": [],
-    },
-}
-
-TARGET_METHODS = {
-    "cluster": "the most negative 10 % of search-region voxels, 26-connected clusters, the largest cluster, "
-    "its |z|-weighted centroid snapped to the nearest grey-matter voxel of the search region "
-    "(Cash et al. 2021; ConTarg)",
-    "snt": "Stanford Neuromodulation Therapy style (Cole et al. 2020): the same candidate voxels (most "
-    "negative 10 %) clustered hierarchically (complete linkage, clusters at most 20 mm wide), clusters "
-    "ranked by size, spatial concentration and net anticorrelation, the best cluster's |z|-weighted "
-    "centroid snapped to the nearest grey-matter voxel of the search region",
-    "peak": "the most negative voxel of the search region",
-}
-
-#: Widest cluster of the ``snt`` method (mm): about the cortical focal spot of a figure-8 coil,
-#: which is of the order of a centimetre or two across (Deng et al. 2013).
-SNT_CLUSTER_DIAMETER_MM = 20.0
-
-#: Reliability grades, best first: the first whose two limits (mm) the target meets. The limits
-#: compare the target's uncertainty with the coil's focal spot, about 1 cm in radius (Deng et al.
-#: 2013): within half of it the uncertainty is negligible; beyond it the coil may miss the site.
-#: Split halves use half the data each, so they are allowed twice the bootstrap radius. None: no limit.
-RELIABILITY_GRADES = {
-    "high": {"Radius95_mm": 5.0, "SplitHalfDistance_mm": 10.0,
-             "Meaning": "the target is stable to well within the coil's focal spot"},
-    "moderate": {"Radius95_mm": 10.0, "SplitHalfDistance_mm": 20.0,
-                 "Meaning": "the target is stable to about the coil's focal spot; more data would help"},
-    "low": {"Radius95_mm": None, "SplitHalfDistance_mm": None,
-            "Meaning": "the target is uncertain by more than the coil's focal spot: acquire more (or "
-            "multi-echo) resting-state data before using it (Cash et al. 2021; Lynch et al. 2020)"},
-}
+from tmstarget.workflows import defaults
+from tmstarget.workflows.defaults import (  # noqa: F401  (re-exported)
+    CONFOUND_STRATEGIES,
+    DLPFC_RADIUS_MM,
+    DLPFC_SITES_MNI,
+    GROUP_OPTIMAL_MNI,
+    REFERENCES,
+    RELIABILITY_GRADES,
+    SGACC_CENTER_MNI,
+    SGACC_RADIUS_MM,
+    SNT_CLUSTER_DIAMETER_MM,
+    TARGET_METHODS,
+)
 
 
 @dataclass
@@ -156,29 +37,29 @@ class Options:
     session_label: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
     # denoising
-    confounds: str = "gsr"
-    fd_threshold: float | None = None  # mm; None = no censoring (Power et al. 2012 use 0.5 mm)
-    min_time: float = 240.0  # s of retained data per run (XCP-D's --min-time default)
-    min_total_time: float = 300.0  # s over all runs: connectivity stabilizes from ~5 min (Van Dijk 2010)
-    high_pass: float = 0.01  # Hz
-    low_pass: float = 0.1  # Hz
-    smoothing_fwhm: float = 6.0  # mm
+    confounds: str = defaults.CONFOUNDS
+    fd_threshold: float | None = defaults.FD_THRESHOLD_MM  # mm; None = no censoring
+    min_time: float = defaults.MIN_TIME_S  # s of retained data per run
+    min_total_time: float = defaults.MIN_TOTAL_TIME_S  # s over all runs
+    high_pass: float = defaults.HIGH_PASS_HZ  # Hz
+    low_pass: float = defaults.LOW_PASS_HZ  # Hz
+    smoothing_fwhm: float = defaults.SMOOTHING_FWHM_MM  # mm
     # seed
     seed_center: tuple[float, float, float] = SGACC_CENTER_MNI
     seed_radius: float = SGACC_RADIUS_MM
     seed_image: str | None = None  # mask or weighted map, MNI152NLin2009cAsym
-    seed_name: str = "sgACC"
+    seed_name: str = defaults.SEED_NAME
     # target selection
     search_region_image: str | None = None  # mask, MNI152NLin2009cAsym
-    target_method: str = "cluster"
-    cluster_percentile: float = 10.0  # most negative % of search-region voxels
-    gm_threshold: float = 0.5  # grey-matter probability
+    target_method: str = defaults.TARGET_METHOD
+    cluster_percentile: float = defaults.CLUSTER_PERCENTILE  # most negative % of search-region voxels
+    gm_threshold: float = defaults.GM_THRESHOLD  # grey-matter probability
     # reliability
-    bootstrap_samples: int = 1000  # 0 skips the bootstrap
-    bootstrap_block: float = 30.0  # s per circular block (Bellec et al. 2010)
-    random_seed: int = 0
+    bootstrap_samples: int = defaults.BOOTSTRAP_SAMPLES  # 0 skips the bootstrap
+    bootstrap_block: float = defaults.BOOTSTRAP_BLOCK_S  # s per circular block
+    random_seed: int = defaults.RANDOM_SEED
     # coil
-    handle_angle: float = 45.0  # degrees from the midline, handle pointing posterior-lateral
+    handle_angle: float = defaults.HANDLE_ANGLE_DEG  # degrees from the midline, posterior-lateral
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

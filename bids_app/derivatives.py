@@ -264,6 +264,7 @@ class _SinkInputSpec(ParticipantOutputsInputSpec):
     other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
     reliability_file = File(exists=True, desc="JSON: split-half and bootstrap reliability")
     frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
+    quality_warnings = traits.List(traits.Str, desc="every step's warnings, one line each")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -328,7 +329,9 @@ class ParticipantDerivatives(SimpleInterface):
             tables.append((inputs.other_space, inputs.other_targets_file,
                            targets_path(inputs.output_dir, inputs.subject, inputs.other_space),
                            {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}))
-        extras = {"DataSufficiency": data_sufficiency(runs_summary)}
+        extras = {"DataSufficiency": data_sufficiency(runs_summary),
+                  # the graph's warnings (tmstarget.workflows.quality): one line each, none is []
+                  "QualityWarnings": list(inputs.quality_warnings or [])}
         if inputs.reliability_file:
             extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
         if inputs.measurements_file:

@@ -24,7 +24,7 @@ from helpers import (
     run_app,
     tree_digest,
 )
-from tmstarget.workflows.base import participant_wf_name
+from tmstarget.participant import participant_work_dir
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -40,7 +40,7 @@ def test_killed_run_resumes_to_the_same_outputs(one_run_dataset, mni_run, tmp_pa
     out, work = tmp_path / "out", tmp_path / "work"
     process = subprocess.Popen(cli_command(root, out, work), env=cli_environment(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    denoised = work / participant_wf_name("01") / "run_01_wf" / "denoise" / "result_denoise.pklz"
+    denoised = participant_work_dir(work, "01") / "run_01_wf" / "denoise" / "result_denoise.pklz"
     deadline = time.time() + 600
     while not denoised.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

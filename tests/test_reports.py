@@ -16,7 +16,7 @@ from tmstarget.config import Options
 from tmstarget.reports import boilerplate, parse_report_targets, software_versions
 from tmstarget.synthetic import make_fmriprep_dataset
 from helpers import FAST, run_app
-from tmstarget.workflows.base import participant_wf_name
+from tmstarget.participant import participant_work_dir
 
 SPACE = "MNI152NLin2009cAsym"
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium") if Path("/usr/bin/chromium").is_file() else None)
@@ -107,7 +107,7 @@ def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them
                            "SplitHalf": {"Distance_mm": 7.5}}
     meta["DataSufficiency"] = {"RetainedTime_s": 314.0, "Sufficient": True}
     targets_json.write_text(json.dumps(meta))
-    denoise = Path(work) / participant_wf_name("01") / "run_01_wf" / "denoise"
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
     bold = json.loads((denoise / "denoise.json").read_text())["BoldFile"]
     confounds = [bold.split("_space-")[0] + "_desc-confounds_timeseries.tsv"]
     written = write_participant_report(copy, "01", SPACE, "rest", "sgACC", [denoise / "denoise.json"],
@@ -126,7 +126,7 @@ def test_report_without_head_t1w(mni_run, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "sub-01" / "figures")
-    denoise = Path(work) / participant_wf_name("01") / "run_01_wf" / "denoise"
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
     bold = json.loads((denoise / "denoise.json").read_text())["BoldFile"]
     written = write_participant_report(copy, "01", SPACE, "rest", "sgACC", [denoise / "denoise.json"],
                                        [denoise / "carpet.npz"],

@@ -1,4 +1,4 @@
-"""The participant workflow.
+"""The science workflow of tmstarget, to run alone or inside another Nipype pipeline.
 
 ::
 
@@ -7,7 +7,11 @@
                           -> TargetReliability (split half, block bootstrap)
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                                    -> MapTargets (T1w <-> MNI)
-                                                   -> derivatives -> ParticipantReport
+                          -> QualityChecks, CollectWarnings (every step's warnings)
+
+Nothing here imports the face (:mod:`tmstarget.config`, the derivatives sink, the report): the
+command line wraps :func:`init_tmstarget_wf` in :func:`tmstarget.participant.init_participant_wf`,
+which feeds its ``inputnode`` from pybids and attaches the sink and the report to its ``outputnode``.
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from tmstarget import __version__
-from tmstarget.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
-from tmstarget.derivatives import ParticipantDerivatives
-from tmstarget.reports import ParticipantReport
+from tmstarget.workflows import defaults
 from tmstarget.workflows.combine import CombineRuns
 from tmstarget.workflows.comparators import ScalpTargets
-from tmstarget.workflows.confounds import Denoise, denoise_mem_gb
+from tmstarget.workflows.confounds import Denoise
 from tmstarget.workflows.correlation import SeedCorrelation
+from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
 from tmstarget.workflows.scalp import ScalpProjection
@@ -30,49 +32,105 @@ from tmstarget.workflows.seed import SeedTimeseries
 from tmstarget.workflows.target import SelectTarget
 from tmstarget.workflows.transforms import MapTargets
 
+#: Files of a participant on the ``inputnode`` of :func:`init_tmstarget_wf`.
+INPUT_FIELDS = ["bold_files", "mask_files", "t_rs", "gm_file", "t1w_file", "to_mni_xfm",
+                "from_mni_xfm", "to_other_xfm"]
 
-def participant_wf_name(subject):
-    """Name of a participant's workflow, which is its folder in the work dir.
-
-    The version is part of it (as fMRIPrep does): Nipype reuses a cached step when its inputs are
-    unchanged, even if another version of tmstarget computed it differently or gave it other
-    outputs, so each version keeps its own cache.
-    """
-    return f"tmstarget_{__version__.replace('.', '_')}_sub_{subject}_wf"
-
+#: What :func:`init_tmstarget_wf` gives on its ``outputnode``.
+OUTPUT_FIELDS = ["targets_file", "other_targets_file", "z_file", "seed_file", "search_file",
+                 "runs_file", "reliability_file", "frequency_file", "measurements_file", "mesh_file",
+                 "info_files", "carpet_files", "quality_warnings", "warnings_file"]
 
 #: What each run's workflow hands to the participant level.
 RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"]
 
+#: The steps whose warnings reach the user (the targets sidecar, the console, the report), in the
+#: order they are listed: (node name in :func:`init_tmstarget_wf`, output). The output is a JSON
+#: list of one-line strings (``warnings_file``) or a JSON object holding them as
+#: ``QualityWarnings``. A step of a stage that was not built (no head T1w: no scalp stage) is
+#: skipped. To collect a new step's warnings, add its pair here.
+WARNING_SOURCES = [
+    ("combine_runs", "warnings_file"),
+    ("quality_checks", "warnings_file"),
+]
 
-def init_run_wf(run, options, name):
+#: Peak memory (GB) of one Denoise run when the caller gives no estimate: measured 0.8 GB for a
+#: 2 mm run of 300 volumes (:func:`tmstarget.workflows.confounds.denoise_mem_gb` computes it from
+#: the headers; the graph itself never reads an image while it is built).
+DENOISE_MEM_GB = 1.0
+
+
+def _pick(items, index):
+    """Item ``index`` of a list: feeds run ``index`` from the list fields of the inputnode."""
+    return items[index]
+
+
+def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESHOLD_MM,
+                high_pass=defaults.HIGH_PASS_HZ, low_pass=defaults.LOW_PASS_HZ,
+                smoothing_fwhm=defaults.SMOOTHING_FWHM_MM, mem_gb=DENOISE_MEM_GB, name="run_wf"):
     """Denoise one BOLD run, extract its seed time series and correlate it with every voxel.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: colored
+
+            from tmstarget.workflows.base import init_run_wf
+            wf = init_run_wf()
 
     Parameters
     ----------
-    run : tmstarget.collect.Run
-    options : tmstarget.config.Options
+    confounds : str
+        Confound strategy, a key of :data:`tmstarget.workflows.defaults.CONFOUND_STRATEGIES`.
+    fd_threshold : float or None
+        Censor volumes with framewise displacement above it (mm); None: no censoring.
+    high_pass, low_pass : float
+        Band-pass (Hz).
+    smoothing_fwhm : float
+        Gaussian smoothing (mm FWHM).
+    mem_gb : float
+        Denoise's peak memory (GB), for the scheduler (``--nprocs`` with ``--mem-gb``).
     name : str
 
-    Returns
+    Inputs
+    ------
+    bold_file
+        fMRIPrep ``desc-preproc_bold``, with its ``desc-confounds_timeseries.tsv`` beside it under
+        fMRIPrep's names (nilearn's ``load_confounds`` finds it).
+    mask_file
+        Brain mask on the BOLD grid.
+    t_r
+        Repetition time (s).
+    seed_file
+        Seed weights on the BOLD grid.
+
+    Outputs
     -------
-    nipype Workflow: ``inputnode.seed_file`` takes the seed weights on the BOLD grid;
-    ``outputnode`` holds ``z_file``, ``mask_file``, ``info_file``, ``cleaned_file`` and ``carpet_file``.
+    z_file
+        Fisher-z map of the run.
+    mask_file
+        The brain mask (passed on).
+    info_file
+        JSON: volumes, retained volumes, regressors, degrees of freedom.
+    cleaned_file
+        float32 (retained volumes x mask voxels) ``.npy``.
+    carpet_file
+        Carpet-plot sample (``.npz``).
     """
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["seed_file"]), name="inputnode")
-    denoise = pe.Node(Denoise(
-        bold_file=run.bold, mask_file=run.mask, t_r=run.t_r, strategy=options.confounds,
-        fd_threshold=options.fd_threshold, high_pass=options.high_pass, low_pass=options.low_pass,
-        smoothing_fwhm=options.smoothing_fwhm), name="denoise",
-        # the scheduler's estimate, so that --nprocs with --mem-gb never overcommits memory
-        mem_gb=denoise_mem_gb(run.bold, run.mask))
-    seed = pe.Node(SeedTimeseries(mask_file=run.mask), name="seed_timeseries")
-    correlate = pe.Node(SeedCorrelation(mask_file=run.mask), name="seed_correlation", mem_gb=2.0)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["bold_file", "mask_file", "t_r", "seed_file"]),
+                        name="inputnode")
+    denoise = pe.Node(Denoise(strategy=confounds, fd_threshold=fd_threshold, high_pass=high_pass,
+                              low_pass=low_pass, smoothing_fwhm=smoothing_fwhm), name="denoise",
+                      # the scheduler's estimate, so that --nprocs with --mem-gb never overcommits memory
+                      mem_gb=mem_gb)
+    seed = pe.Node(SeedTimeseries(), name="seed_timeseries")
+    correlate = pe.Node(SeedCorrelation(), name="seed_correlation", mem_gb=2.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=RUN_OUTPUTS), name="outputnode")
-    outputnode.inputs.mask_file = run.mask
     workflow.connect([
-        (inputnode, seed, [("seed_file", "seed_file")]),
+        (inputnode, denoise, [("bold_file", "bold_file"), ("mask_file", "mask_file"), ("t_r", "t_r")]),
+        (inputnode, seed, [("seed_file", "seed_file"), ("mask_file", "mask_file")]),
+        (inputnode, correlate, [("mask_file", "mask_file")]),
+        (inputnode, outputnode, [("mask_file", "mask_file")]),
         (denoise, seed, [("cleaned_file", "cleaned_file")]),
         (denoise, correlate, [("cleaned_file", "cleaned_file")]),
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
@@ -83,123 +141,248 @@ def init_run_wf(run, options, name):
     return workflow
 
 
-def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
-    """Build the whole graph of one participant.
+def init_tmstarget_wf(
+    n_runs=1,
+    *,
+    scalp=True,
+    other_space=None,
+    confounds=defaults.CONFOUNDS,
+    fd_threshold=defaults.FD_THRESHOLD_MM,
+    high_pass=defaults.HIGH_PASS_HZ,
+    low_pass=defaults.LOW_PASS_HZ,
+    smoothing_fwhm=defaults.SMOOTHING_FWHM_MM,
+    min_time=defaults.MIN_TIME_S,
+    min_total_time=defaults.MIN_TOTAL_TIME_S,
+    seed_center=defaults.SGACC_CENTER_MNI,
+    seed_radius=defaults.SGACC_RADIUS_MM,
+    seed_image=None,
+    search_region_image=None,
+    search_sites=tuple(defaults.DLPFC_SITES_MNI.values()),
+    search_radius=defaults.DLPFC_RADIUS_MM,
+    target_method=defaults.TARGET_METHOD,
+    cluster_percentile=defaults.CLUSTER_PERCENTILE,
+    gm_threshold=defaults.GM_THRESHOLD,
+    bootstrap_samples=defaults.BOOTSTRAP_SAMPLES,
+    bootstrap_block=defaults.BOOTSTRAP_BLOCK_S,
+    random_seed=defaults.RANDOM_SEED,
+    handle_angle=defaults.HANDLE_ANGLE_DEG,
+    denoise_mem_gb=None,
+    name="tmstarget_wf",
+):
+    """Connectivity-guided left-DLPFC TMS target of one participant from fMRIPrep outputs.
+
+    Each run is denoised and correlated with the sgACC seed (Fox et al. 2012); the runs' Fisher-z
+    maps are combined, the target is selected in the grey-matter DLPFC search region (Cash et al.
+    2021), its reliability measured (split half, block bootstrap), and, with a head T1w, projected
+    to the scalp with its coil pose and the scalp-based comparators (10-20 F3, Beam F3, 5 cm).
+    Building the graph reads no file: the files come on the ``inputnode``.
+
+    Workflow Graph
+        .. workflow::
+            :graph2use: orig
+            :simple_form: yes
+
+            from tmstarget.workflows.base import init_tmstarget_wf
+            wf = init_tmstarget_wf(n_runs=2)
 
     Parameters
     ----------
-    inputs : tmstarget.collect.ParticipantInputs
-    options : tmstarget.config.Options
-    output_dir : path
-        Derivatives root.
-    source_dir : path
-        The fMRIPrep derivatives folder (for provenance in the sidecars).
-    name : str, optional
-    report : bool
-        Append the :class:`tmstarget.reports.ParticipantReport` node (``sub-<label>.html``).
+    n_runs : int
+        Number of BOLD runs (the length of the inputnode's list fields).
+    scalp : bool
+        Build the scalp stage (needs ``t1w_file``): scalp points, coil poses, comparators.
+    other_space : str or None
+        Also give the targets in this space (needs ``to_other_xfm``), e.g. ``T1w`` for a run
+        computed in MNI152NLin2009cAsym.
+    confounds, fd_threshold, high_pass, low_pass, smoothing_fwhm
+        Denoising, see :func:`init_run_wf`.
+    min_time, min_total_time : float
+        Retained time (s) a run needs to be used, and all used runs together.
+    seed_center : 3 floats
+        sgACC seed sphere centre, MNI152NLin2009cAsym mm.
+    seed_radius : float
+        Seed sphere radius (mm).
+    seed_image : path or None
+        Seed mask or weighted map in MNI152NLin2009cAsym, instead of the sphere.
+    search_region_image : path or None
+        Search-region mask in MNI152NLin2009cAsym, instead of the DLPFC spheres.
+    search_sites : sequence of 3 floats
+        Centres (MNI mm) of the spheres whose union is the search region.
+    search_radius : float
+        Their radius (mm).
+    target_method : str
+        A key of :data:`tmstarget.workflows.defaults.TARGET_METHODS`.
+    cluster_percentile : float
+        Most negative share (%) of the search region's voxels the clusters are made of.
+    gm_threshold : float
+        Grey-matter probability threshold.
+    bootstrap_samples : int
+        Block-bootstrap samples of the target (0: no bootstrap, no ``frequency_file``).
+    bootstrap_block : float
+        Bootstrap block length (s).
+    random_seed : int
+        Seed of the bootstrap's random draws.
+    handle_angle : float
+        Coil handle angle from the midline (degrees), pointing posterior-laterally.
+    denoise_mem_gb : float, list of float or None
+        Peak memory of each run's Denoise (GB) for the scheduler; None: :data:`DENOISE_MEM_GB`.
+    name : str
+
+    Inputs
+    ------
+    bold_files
+        List of fMRIPrep ``desc-preproc_bold`` runs in one space, each with its confounds table
+        beside it under fMRIPrep's names.
+    mask_files
+        List of their brain masks.
+    t_rs
+        List of their repetition times (s).
+    gm_file
+        Grey matter in the runs' space: GM probseg, or fMRIPrep's dseg (label 1 = GM).
+    t1w_file
+        Head T1w (not skull-stripped) in the runs' space (with ``scalp``).
+    to_mni_xfm
+        Transform mapping points of the runs' space into MNI152NLin2009cAsym; not set when the
+        runs are in an MNI space.
+    from_mni_xfm
+        The reverse (with ``scalp``, for the 10-20 fiducials); not set in an MNI space.
+    to_other_xfm
+        Transform mapping points of the runs' space into ``other_space``.
+
+    Outputs
+    -------
+    targets_file
+        TSV of the targets in the runs' space: the connectivity target and, with ``scalp``, the
+        scalp-based comparators, scalp points, coil poses, depths, dose adjustments.
+    other_targets_file
+        The same in ``other_space``.
+    z_file
+        Combined Fisher-z connectivity map.
+    seed_file, search_file
+        Seed weights and search-region mask on the BOLD grid.
+    runs_file
+        JSON: each run's denoising summary and whether it was used.
+    reliability_file
+        JSON: split-half and bootstrap reliability, grade.
+    frequency_file
+        Fraction of bootstrap samples choosing each voxel (with ``bootstrap_samples``).
+    measurements_file
+        JSON: head measurements and the scalp-based methods (with ``scalp``).
+    mesh_file
+        Scalp mesh (with ``scalp``).
+    info_files, carpet_files
+        Per run: the denoising summary and the carpet-plot sample.
+    quality_warnings
+        Every step's warnings, one line each (:data:`WARNING_SOURCES`).
+    warnings_file
+        The same as a JSON list.
     """
-    workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS, mandatory_inputs=False),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS, mandatory_inputs=False),
+                         name="outputnode")
 
-    regions = pe.Node(Regions(
-        mask_files=[run.mask for run in inputs.runs], gm_file=inputs.gm,
-        gm_threshold=options.gm_threshold, sites=list(DLPFC_SITES_MNI.values()),
-        site_radius=DLPFC_RADIUS_MM), name="regions")
-    if options.seed_image:
-        regions.inputs.seed_image = options.seed_image
+    regions = pe.Node(Regions(gm_threshold=gm_threshold, sites=[tuple(s) for s in search_sites],
+                              site_radius=search_radius), name="regions")
+    if seed_image:
+        regions.inputs.seed_image = str(seed_image)
     else:
-        regions.inputs.seed_center = tuple(options.seed_center)
-        regions.inputs.seed_radius = options.seed_radius
-    if options.search_region_image:
-        regions.inputs.search_image = options.search_region_image
-    if inputs.to_mni_xfm:
-        regions.inputs.to_mni_xfm = inputs.to_mni_xfm
+        regions.inputs.seed_center = tuple(seed_center)
+        regions.inputs.seed_radius = seed_radius
+    if search_region_image:
+        regions.inputs.search_image = str(search_region_image)
+    workflow.connect(inputnode, "mask_files", regions, "mask_files")
+    workflow.connect(inputnode, "gm_file", regions, "gm_file")
+    workflow.connect(inputnode, "to_mni_xfm", regions, "to_mni_xfm")
 
-    n_runs = len(inputs.runs)
-    merge = {field: pe.Node(niu.Merge(n_runs), name=f"merge_{field}")
-             for field in RUN_OUTPUTS}
-    for index, run in enumerate(inputs.runs, start=1):
-        run_wf = init_run_wf(run, options, name=f"run_{index:02d}_wf")
-        workflow.connect(regions, "seed_file", run_wf, "inputnode.seed_file")
+    if denoise_mem_gb is None or isinstance(denoise_mem_gb, (int, float)):
+        denoise_mem_gb = [denoise_mem_gb or DENOISE_MEM_GB] * n_runs
+    merge = {field: pe.Node(niu.Merge(n_runs), name=f"merge_{field}") for field in RUN_OUTPUTS}
+    for index in range(n_runs):
+        run_wf = init_run_wf(confounds=confounds, fd_threshold=fd_threshold, high_pass=high_pass,
+                             low_pass=low_pass, smoothing_fwhm=smoothing_fwhm,
+                             mem_gb=denoise_mem_gb[index], name=f"run_{index + 1:02d}_wf")
+        workflow.connect([
+            (inputnode, run_wf, [(("bold_files", _pick, index), "inputnode.bold_file"),
+                                 (("mask_files", _pick, index), "inputnode.mask_file"),
+                                 (("t_rs", _pick, index), "inputnode.t_r")]),
+            (regions, run_wf, [("seed_file", "inputnode.seed_file")]),
+        ])
         for field, node in merge.items():
-            workflow.connect(run_wf, f"outputnode.{field}", node, f"in{index}")
+            workflow.connect(run_wf, f"outputnode.{field}", node, f"in{index + 1}")
 
-    combine = pe.Node(CombineRuns(min_time=options.min_time, min_total_time=options.min_total_time),
+    combine = pe.Node(CombineRuns(min_time=min_time, min_total_time=min_total_time),
                       name="combine_runs")
-    select = pe.Node(SelectTarget(method=options.target_method,
-                                  percentile=options.cluster_percentile), name="select_target")
-    sink = pe.Node(ParticipantDerivatives(
-        output_dir=str(output_dir), subject=inputs.subject, space=inputs.space,
-        task=options.task_id, seed_name=options.seed_name, parameters=options.parameters(),
-        config=options.to_json(), source_dir=str(source_dir), **(
-            {"native_t1w": inputs.native_t1w} if inputs.native_t1w else {})),
-        name="derivatives", run_without_submitting=True)
-    # The derivatives are written every time, even when every computation is reused from the
-    # work dir: the outputs may have been moved or deleted since.
-    sink.overwrite = True
+    select = pe.Node(SelectTarget(method=target_method, percentile=cluster_percentile),
+                     name="select_target")
+    reliability = pe.Node(TargetReliability(
+        method=target_method, percentile=cluster_percentile, n_samples=bootstrap_samples,
+        block_s=bootstrap_block, random_seed=random_seed), name="target_reliability")
+    checks = pe.Node(QualityChecks(), name="quality_checks")
     workflow.connect([
         (merge["z_file"], combine, [("out", "z_files")]),
         (merge["mask_file"], combine, [("out", "mask_files")]),
         (merge["info_file"], combine, [("out", "info_files")]),
         (combine, select, [("z_file", "z_file")]),
         (regions, select, [("search_file", "search_file")]),
-        (combine, sink, [("z_file", "z_file"), ("runs_file", "runs_file")]),
-        (regions, sink, [("seed_file", "seed_file"), ("search_file", "search_file")]),
-    ])
-    reliability = pe.Node(TargetReliability(
-        method=options.target_method, percentile=options.cluster_percentile,
-        n_samples=options.bootstrap_samples, block_s=options.bootstrap_block,
-        random_seed=options.random_seed), name="target_reliability")
-    workflow.connect([
         (merge["cleaned_file"], reliability, [("out", "cleaned_files")]),
         (merge["mask_file"], reliability, [("out", "mask_files")]),
         (combine, reliability, [("runs_file", "runs_file")]),
         (regions, reliability, [("seed_file", "seed_file"), ("search_file", "search_file")]),
         (select, reliability, [("targets_file", "targets_file")]),
-        (reliability, sink, [("reliability_file", "reliability_file")]),
+        (combine, checks, [("runs_file", "runs_file")]),
+        (select, checks, [("targets_file", "targets_file")]),
+        (reliability, checks, [("reliability_file", "reliability_file")]),
+        (combine, outputnode, [("z_file", "z_file"), ("runs_file", "runs_file")]),
+        (regions, outputnode, [("seed_file", "seed_file"), ("search_file", "search_file")]),
+        (reliability, outputnode, [("reliability_file", "reliability_file")]),
+        (merge["info_file"], outputnode, [("out", "info_files")]),
+        (merge["carpet_file"], outputnode, [("out", "carpet_files")]),
     ])
-    if options.bootstrap_samples:
-        workflow.connect(reliability, "frequency_file", sink, "frequency_file")
-    if report:
-        report_node = pe.Node(ParticipantReport(
-            output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
-            seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
-            **{key: value for key, value in (("t1w", inputs.t1w), ("other_space", inputs.other_space),
-                                             ("source_version", inputs.source_version)) if value}),
-            name="report", run_without_submitting=True)
-        # Like the sink: the report is written every time, after the derivatives it shows.
-        report_node.overwrite = True
-        workflow.connect([
-            (sink, report_node, [("out_files", "derivatives")]),
-            (merge["info_file"], report_node, [("out", "info_files")]),
-            (merge["carpet_file"], report_node, [("out", "carpet_files")]),
-        ])
+    if bootstrap_samples:
+        workflow.connect(reliability, "frequency_file", outputnode, "frequency_file")
+
     # The final targets table of the computation space, whatever stages ran.
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
-    if inputs.t1w:
-        scalp = pe.Node(ScalpProjection(t1w_file=inputs.t1w), name="scalp_projection")
-        comparators = pe.Node(ScalpTargets(gm_file=inputs.gm, handle_angle_deg=options.handle_angle),
+    notes = []
+    if scalp:
+        projection = pe.Node(ScalpProjection(), name="scalp_projection")
+        comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold),
                               name="scalp_targets")
-        if inputs.from_mni_xfm:
-            comparators.inputs.from_mni_xfm = inputs.from_mni_xfm
         workflow.connect([
-            (select, scalp, [("targets_file", "points_file")]),
-            (scalp, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
+            (inputnode, projection, [("t1w_file", "t1w_file")]),
+            (inputnode, comparators, [("gm_file", "gm_file"), ("from_mni_xfm", "from_mni_xfm")]),
+            (select, projection, [("targets_file", "points_file")]),
+            (projection, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
             (combine, comparators, [("z_file", "z_file")]),
             (comparators, targets, [("out_file", "targets_file")]),
-            (comparators, sink, [("measurements_file", "measurements_file")]),
+            (comparators, outputnode, [("measurements_file", "measurements_file")]),
+            (projection, outputnode, [("mesh_file", "mesh_file")]),
         ])
-        if report:
-            workflow.connect(scalp, "mesh_file", report_node, "mesh_file")
     else:
         workflow.connect(select, "targets_file", targets, "targets_file")
-    workflow.connect(targets, "targets_file", sink, "targets_file")
+        notes.append("no desc-preproc_T1w (head T1w) in the space of the runs: the target is computed, "
+                     "the scalp stage (scalp point, coil pose, scalp-based comparators) is skipped")
+    workflow.connect(targets, "targets_file", outputnode, "targets_file")
 
-    if inputs.to_other_xfm:
-        to_other = pe.Node(MapTargets(xfm_file=inputs.to_other_xfm), name=f"map_to_{inputs.other_space}")
-        sink.inputs.other_space = inputs.other_space
-        sink.inputs.other_xfm = inputs.to_other_xfm
+    if other_space:
+        to_other = pe.Node(MapTargets(), name=f"map_to_{other_space}")
         workflow.connect([
+            (inputnode, to_other, [("to_other_xfm", "xfm_file")]),
             (targets, to_other, [("targets_file", "targets_file")]),
-            (to_other, sink, [("out_file", "other_targets_file")]),
+            (to_other, outputnode, [("out_file", "other_targets_file")]),
         ])
+
+    sources = [(workflow.get_node(node), output) for node, output in WARNING_SOURCES]
+    sources = [(node, output) for node, output in sources if node is not None]
+    gather = pe.Node(niu.Merge(max(len(sources), 1)), name="merge_warnings")
+    collect = pe.Node(CollectWarnings(notes=notes), name="collect_warnings")
+    for index, (node, output) in enumerate(sources, start=1):
+        workflow.connect(node, output, gather, f"in{index}")
+    workflow.connect([
+        (gather, collect, [("out", "in_files")]),
+        (collect, outputnode, [("quality_warnings", "quality_warnings"),
+                               ("warnings_file", "warnings_file")]),
+    ])
     return workflow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nb
@@ -17,7 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-LOGGER = logging.getLogger("tmstarget")
+from tmstarget.workflows.quality import write_warnings
 
 
 def combine_runs(z_maps, coverage, weights):
@@ -68,6 +67,7 @@ class _CombineInputSpec(BaseInterfaceInputSpec):
 class _CombineOutputSpec(TraitedSpec):
     z_file = File(exists=True, desc="combined Fisher-z map")
     runs_file = File(exists=True, desc="JSON: each run's data and whether it was used")
+    warnings_file = File(exists=True, desc="JSON list of warnings: the runs dropped")
 
 
 class CombineRuns(SimpleInterface):
@@ -79,12 +79,12 @@ class CombineRuns(SimpleInterface):
     def _run_interface(self, runtime):
         infos = [json.loads(Path(f).read_text()) for f in self.inputs.info_files]
         used = usable_runs([i["RetainedTime_s"] for i in infos], self.inputs.min_time)
+        warnings = []
         for info, ok in zip(infos, used):
             info["Used"] = ok
             if not ok:
-                LOGGER.warning("dropping %s: %.0f s retained after censoring, fewer than "
-                               "--min-time %.0f s", Path(info["BoldFile"]).name,
-                               info["RetainedTime_s"], self.inputs.min_time)
+                warnings.append(f"{Path(info['BoldFile']).name} was dropped: {info['RetainedTime_s']:.0f} s "
+                                f"retained after censoring, less than --min-time {self.inputs.min_time:.0f} s")
         if not any(used):
             summary = ", ".join(f"{Path(i['BoldFile']).name}: {i['RetainedTime_s']:.0f} s"
                                 for i in infos)
@@ -105,5 +105,6 @@ class CombineRuns(SimpleInterface):
         out = Path(runtime.cwd)
         nb.Nifti1Image(combined, reference.affine).to_filename(out / "combined_z.nii")
         (out / "runs.json").write_text(json.dumps(infos, indent=2))
-        self._results.update(z_file=str(out / "combined_z.nii"), runs_file=str(out / "runs.json"))
+        self._results.update(z_file=str(out / "combined_z.nii"), runs_file=str(out / "runs.json"),
+                             warnings_file=write_warnings(out / "warnings.json", warnings))
         return runtime

@@ -31,7 +31,7 @@ from nipype.interfaces.base import (
 )
 from scipy import ndimage
 
-from tmstarget.config import CONFOUND_STRATEGIES
+from tmstarget.workflows.defaults import CONFOUND_STRATEGIES
 
 try:  # ISA-L decompresses gzip about twice as fast as zlib; the standard library otherwise.
     from isal import igzip as _gzip
@@ -202,7 +202,7 @@ def confound_regressors(bold_file, strategy_name, fd_threshold=None):
         fMRIPrep ``desc-preproc_bold`` file; its ``desc-confounds_timeseries.tsv`` (+ ``.json``) is
         found beside it by fMRIPrep's naming.
     strategy_name : str
-        A key of :data:`tmstarget.config.CONFOUND_STRATEGIES`.
+        A key of :data:`tmstarget.workflows.defaults.CONFOUND_STRATEGIES`.
     fd_threshold : float or None
         Framewise displacement (mm) above which volumes are censored; ``None`` censors nothing.
         Segments of fewer than 5 retained volumes are censored too (Power et al. 2014).

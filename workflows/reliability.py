@@ -34,7 +34,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from tmstarget.config import RELIABILITY_GRADES
+from tmstarget.workflows.defaults import RELIABILITY_GRADES
 from tmstarget.workflows.combine import combine_runs
 from tmstarget.workflows.correlation import fisher_z
 from tmstarget.workflows.seed import seed_timeseries
@@ -215,7 +215,7 @@ def grade_reliability(radius95_mm, split_half_mm):
     Returns
     -------
     grade : str
-        The first grade of :data:`tmstarget.config.RELIABILITY_GRADES` whose limits both numbers meet.
+        The first grade of :data:`tmstarget.workflows.defaults.RELIABILITY_GRADES` whose limits both numbers meet.
     reason : str
     """
     for grade, limits in RELIABILITY_GRADES.items():

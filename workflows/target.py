@@ -17,7 +17,7 @@ from nipype.interfaces.base import (
 from scipy import ndimage, stats
 from scipy.cluster import hierarchy
 
-from tmstarget.config import SNT_CLUSTER_DIAMETER_MM
+from tmstarget.workflows.defaults import SNT_CLUSTER_DIAMETER_MM
 
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one cluster.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -102,7 +102,7 @@ def _snt_cluster(candidates_ijk, z_map, affine):
     voxels hierarchically and ranks the clusters by size, spatial concentration and net
     anticorrelation with the sgACC. The published description gives no constants: here the tree is
     complete-linkage on world coordinates, cut so that no cluster is wider than
-    :data:`tmstarget.config.SNT_CLUSTER_DIAMETER_MM` (about the focal spot of a figure-8 coil);
+    :data:`tmstarget.workflows.defaults.SNT_CLUSTER_DIAMETER_MM` (about the focal spot of a figure-8 coil);
     concentration is the mean distance of a cluster's voxels to its centroid, net anticorrelation
     the sum of -z; the three ranks are summed and the lowest sum wins (ties: the most
     anticorrelated).

@@ -1,0 +1,242 @@
+"""Running the Nipype graph for the command line: scheduler, progress lines, crashes, interrupts.
+
+All participants (and runs) of one invocation are one graph: ``--nprocs 1`` runs it with Nipype's
+Linear plugin, ``--nprocs N`` with MultiProc, which then works on N steps of any participant at
+once. MultiProc polls its workers every ``poll_sleep_duration`` (2 s by default: each step waited
+for the next poll, 1.8 s on average here); :class:`WakingMultiProc` wakes when a step finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
+
+LOGGER = logging.getLogger("tmstarget")
+
+
+def configure_nipype(work_dir, verbose):
+    """Nipype's settings for a tmstarget run (crash files in ``work_dir/crash``, quiet unless -v)."""
+    from nipype import config, logging as nipype_logging
+
+    level = ("CRITICAL", "WARNING", "INFO")[min(verbose, 2)]
+    config.update_config({
+        "execution": {"crashdump_dir": str(Path(work_dir) / "crash"), "crashfile_format": "txt",
+                      "stop_on_first_crash": "true", "remove_unnecessary_outputs": "false",
+                      "check_version": "false", "use_relative_paths": "false",
+                      # WakingMultiProc waits for its workers itself (Linear never polls)
+                      "poll_sleep_duration": "0"},
+        # Nipype's own messages only with -v: a failing node is reported by tmstarget in one line.
+        "logging": {"workflow_level": level, "interface_level": level, "utils_level": level},
+        "monitoring": {"enabled": "false"},
+    })
+    nipype_logging.update_logging(config)
+
+
+class WakingMultiProc(MultiProcPlugin):
+    """Nipype's MultiProc, woken by its workers instead of sleeping between polls.
+
+    Nipype's scheduling loop sleeps until ``poll_sleep_duration`` has passed since the loop began
+    (set to 0 by :func:`configure_nipype`); here the loop instead waits, after a pass that
+    changed nothing, until a worker reports a finished step (or 1 s has passed, as a safeguard).
+    Nipype offers no hook for this, so the wait sits at the end of ``_send_procs_to_workers``,
+    which the loop calls on every pass.
+    """
+
+    def __init__(self, plugin_args=None):
+        super().__init__(plugin_args=plugin_args)
+        self._finished = threading.Event()
+        self._stopping = False
+        # The same pool, with workers that ignore SIGINT: a Ctrl-C reaches the whole process
+        # group, and the main process alone decides what an interrupt does (stop_workers).
+        self.pool.shutdown(wait=False)
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.processors, initializer=_worker_initializer, initargs=(self._cwd,),
+            mp_context=mp.get_context(self.plugin_args.get("mp_context")))
+
+    def _async_callback(self, args):
+        try:
+            super()._async_callback(args)
+        except Exception:  # noqa: BLE001  a worker ended by stop_workers: nothing to report
+            if not self._stopping:
+                raise
+        finally:  # the result is stored before the loop is woken to read it
+            self._finished.set()
+
+    def _send_procs_to_workers(self, updatehash=False, graph=None):
+        before = self.proc_done.copy(), self.proc_pending.copy()
+        super()._send_procs_to_workers(updatehash=updatehash, graph=graph)
+        if np.array_equal(before[0], self.proc_done) and np.array_equal(before[1], self.proc_pending):
+            self._finished.wait(timeout=1.0)
+        self._finished.clear()
+
+    def stop_workers(self):
+        """End the worker processes now (after an interrupt: their steps are redone next time)."""
+        # concurrent.futures has no public way to stop running tasks: end the processes
+        self._stopping = True
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5)
+
+
+def _worker_initializer(cwd):
+    """Nipype's set-up of a MultiProc worker, and SIGINT ignored (see WakingMultiProc)."""
+    process_initializer(cwd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _subject_of(name):
+    match = re.search(r"_sub_([A-Za-z0-9]+)_wf", name)
+    return match.group(1) if match else None
+
+
+class NodeProgress:
+    """Nipype ``status_callback``: one line per finished step, so a long run says what it does.
+
+    Steps that compute or write something are logged at INFO (``sub-01  run-01 denoise  12.3 s``,
+    ``(reused)`` when the result came from the work dir: its run began before this invocation);
+    the plumbing nodes (identity, merge) only with ``-v``, so the console is not flooded.
+    """
+
+    PLUMBING = ("IdentityInterface", "Merge")
+
+    def __init__(self, interrupted=lambda: False):
+        self.since = datetime.now(timezone.utc)
+        self.started = {}
+        #: whether SIGINT arrived: a step it stopped did not fail
+        self.interrupted = interrupted
+
+    @staticmethod
+    def _runtime(node):
+        """When the node's result was computed and how long it took, from its result file."""
+        try:
+            runtime = node.result.runtime
+            began = datetime.fromisoformat(str(runtime.startTime))
+            return (began if began.tzinfo else began.replace(tzinfo=timezone.utc)), float(runtime.duration)
+        except Exception:  # noqa: BLE001  no result (interrupted, failed): not a reused step
+            return None, None
+
+    def __call__(self, node, status):
+        key = node.fullname
+        if status == "start":
+            self.started[key] = time.time()
+            return
+        # MultiProc calls "start" only for steps it sends to a worker
+        started = self.started.pop(key, None)
+        seconds = time.time() - started if started is not None else 0.0
+        run = re.search(r"run_(\d+)_wf", key)
+        label = (f"sub-{_subject_of(key)}  {'run-' + run.group(1) + ' ' if run else ''}"
+                 f"{node.name.replace('_', ' ')}")
+        if status == "exception":
+            after = f" after {seconds:.1f} s" if started is not None else ""
+            if self.interrupted():
+                LOGGER.debug("%s interrupted%s", label, after)
+            else:
+                LOGGER.error("%s failed%s", label, after)
+            return
+        began, duration = self._runtime(node)
+        reused = began is not None and began < self.since
+        if duration is not None and not reused:
+            seconds = duration
+        level = logging.DEBUG if type(node.interface).__name__ in self.PLUMBING else logging.INFO
+        LOGGER.log(level, "%-36s %6.1f s%s", label, seconds, " (reused)" if reused else "")
+
+
+class StepFailed(Exception):
+    """A step of the graph failed; ``subject`` names the participant when known."""
+
+    def __init__(self, message, subject=None):
+        super().__init__(message)
+        self.subject = subject
+
+
+def crash_message(crash_dir, since):
+    """(subject, last line) of the newest Nipype crash report written after ``since``, or None."""
+    reports = sorted((p for p in Path(crash_dir).glob("crash-*.txt") if p.stat().st_mtime >= since),
+                     key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return None
+    text = reports[-1].read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error: " in line or "Exception: " in line]
+    message = (errors or lines)[-1]
+    node = re.search(r"^Node: (\S+)", text, re.MULTILINE)
+    return (_subject_of(node.group(1)) if node else None,
+            message.split(": ", 1)[1] if ": " in message else message)
+
+
+class _SigintFlag:
+    """While active, records that SIGINT arrived, then interrupts as Python does.
+
+    Nipype turns a KeyboardInterrupt raised inside a step into that step's failure (its interfaces
+    catch every exception), so without the record a Ctrl-C would look like a data error.
+    """
+
+    def __enter__(self):
+        self.received = False
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def run_graph(workflow, work_dir, nprocs=1, mem_gb=None):
+    """Run ``workflow`` in ``work_dir``; return the time it began.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On SIGINT at any moment; finished steps stay in the work dir (a re-run resumes), the
+        workers are stopped, and the interrupted steps' crash reports are removed (they are not
+        errors).
+    StepFailed
+        When a step fails: the last line of its crash report, and the participant.
+    """
+    workflow.base_dir = str(work_dir)
+    crash_dir = Path(work_dir) / "crash"
+    start = time.time()
+    runner = None
+    with _SigintFlag() as sigint:
+        plugin_args = {"status_callback": NodeProgress(interrupted=lambda: sigint.received)}
+        if nprocs > 1:
+            plugin_args.update(n_procs=nprocs, raise_insufficient=False)
+            if mem_gb:
+                plugin_args["memory_gb"] = mem_gb
+        try:
+            if nprocs > 1:
+                runner = WakingMultiProc(plugin_args=plugin_args)
+                workflow.run(plugin=runner)
+            else:
+                workflow.run(plugin="Linear", plugin_args=plugin_args)
+        except BaseException as err:
+            if sigint.received or isinstance(err, KeyboardInterrupt):
+                if runner is not None:
+                    runner.stop_workers()
+                for report in crash_dir.glob("crash-*.txt"):
+                    if report.stat().st_mtime >= start:
+                        report.unlink(missing_ok=True)
+                raise KeyboardInterrupt from None
+            if isinstance(err, RuntimeError):
+                found = crash_message(crash_dir, start)
+                subject, message = found if found else (None, str(err))
+                raise StepFailed(message, subject) from None
+            raise
+    return start

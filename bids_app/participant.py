@@ -1,0 +1,132 @@
+"""The face's participant workflow: the science graph fed from pybids, with the sink and the report.
+
+:func:`tmstarget.workflows.base.init_tmstarget_wf` computes; this module gives it a participant's
+collected files and the command line's options, and attaches what only the BIDS App does: the
+derivatives (:class:`tmstarget.derivatives.ParticipantDerivatives`) and the HTML report
+(:class:`tmstarget.reports.ParticipantReport`). :func:`init_participants_wf` puts every participant
+of one invocation into one graph, so that ``--nprocs`` runs them side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.pipeline import engine as pe
+
+from tmstarget import __version__
+from tmstarget.derivatives import ParticipantDerivatives
+from tmstarget.workflows.base import init_tmstarget_wf
+from tmstarget.workflows.confounds import denoise_mem_gb
+
+#: The graph holding the participants of one invocation (its folder in the work dir).
+PARTICIPANTS_WF_NAME = "tmstarget_wf"
+#: The science workflow's name inside each participant's workflow.
+SCIENCE_WF_NAME = "connectivity_wf"
+
+
+def participant_wf_name(subject):
+    """Name of a participant's workflow, which is its folder in the work dir.
+
+    The version is part of it (as fMRIPrep does): Nipype reuses a cached step when its inputs are
+    unchanged, even if another version of tmstarget computed it differently or gave it other
+    outputs, so each version keeps its own cache.
+    """
+    return f"tmstarget_{__version__.replace('.', '_')}_sub_{subject}_wf"
+
+
+def participant_work_dir(work_dir, subject):
+    """Folder of a participant's science steps in the work dir (``run_01_wf/denoise``, ...)."""
+    return Path(work_dir) / PARTICIPANTS_WF_NAME / participant_wf_name(subject) / SCIENCE_WF_NAME
+
+
+def science_parameters(options):
+    """The keyword arguments of :func:`init_tmstarget_wf` from the command line's options."""
+    return dict(
+        confounds=options.confounds, fd_threshold=options.fd_threshold, high_pass=options.high_pass,
+        low_pass=options.low_pass, smoothing_fwhm=options.smoothing_fwhm, min_time=options.min_time,
+        min_total_time=options.min_total_time, seed_center=tuple(options.seed_center),
+        seed_radius=options.seed_radius, seed_image=options.seed_image,
+        search_region_image=options.search_region_image, target_method=options.target_method,
+        cluster_percentile=options.cluster_percentile, gm_threshold=options.gm_threshold,
+        bootstrap_samples=options.bootstrap_samples, bootstrap_block=options.bootstrap_block,
+        random_seed=options.random_seed, handle_angle=options.handle_angle)
+
+
+def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
+    """The science workflow of one participant, with its derivatives and report.
+
+    Parameters
+    ----------
+    inputs : tmstarget.collect.ParticipantInputs
+    options : tmstarget.config.Options
+    output_dir : path
+        Derivatives root.
+    source_dir : path
+        The fMRIPrep derivatives folder (for provenance in the sidecars).
+    name : str, optional
+    report : bool
+        Append the :class:`tmstarget.reports.ParticipantReport` node (``sub-<label>.html``).
+    """
+    workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
+    other_space = inputs.other_space if inputs.to_other_xfm else None
+    science = init_tmstarget_wf(
+        len(inputs.runs), scalp=bool(inputs.t1w), other_space=other_space,
+        # the face reads the headers (the graph never does): the scheduler's memory estimate
+        denoise_mem_gb=[denoise_mem_gb(run.bold, run.mask) for run in inputs.runs],
+        name=SCIENCE_WF_NAME, **science_parameters(options))
+    given = dict(bold_files=[run.bold for run in inputs.runs], mask_files=[run.mask for run in inputs.runs],
+                 t_rs=[run.t_r for run in inputs.runs], gm_file=inputs.gm, t1w_file=inputs.t1w,
+                 to_mni_xfm=inputs.to_mni_xfm, from_mni_xfm=inputs.from_mni_xfm,
+                 to_other_xfm=inputs.to_other_xfm)
+    for field, value in given.items():
+        if value:
+            setattr(science.inputs.inputnode, field, value)
+
+    sink = pe.Node(ParticipantDerivatives(
+        output_dir=str(output_dir), subject=inputs.subject, space=inputs.space,
+        task=options.task_id, seed_name=options.seed_name, parameters=options.parameters(),
+        config=options.to_json(), source_dir=str(source_dir), **(
+            {"native_t1w": inputs.native_t1w} if inputs.native_t1w else {})),
+        name="derivatives", run_without_submitting=True)
+    # The derivatives are written every time, even when every computation is reused from the
+    # work dir: the outputs may have been moved or deleted since.
+    sink.overwrite = True
+    outputs = ["z_file", "runs_file", "seed_file", "search_file", "targets_file", "reliability_file",
+               "quality_warnings"]
+    if options.bootstrap_samples:
+        outputs.append("frequency_file")
+    if inputs.t1w:
+        outputs.append("measurements_file")
+    if other_space:
+        sink.inputs.other_space = other_space
+        sink.inputs.other_xfm = inputs.to_other_xfm
+        outputs.append("other_targets_file")
+    workflow.connect([(science, sink, [(f"outputnode.{field}", field) for field in outputs])])
+
+    if report:
+        from tmstarget.reports import ParticipantReport  # matplotlib: only when a report is drawn
+
+        report_node = pe.Node(ParticipantReport(
+            output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
+            seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
+            **{key: value for key, value in (("t1w", inputs.t1w), ("other_space", inputs.other_space),
+                                             ("source_version", inputs.source_version)) if value}),
+            name="report", run_without_submitting=True)
+        # Like the sink: the report is written every time, after the derivatives it shows.
+        report_node.overwrite = True
+        workflow.connect([
+            (sink, report_node, [("out_files", "derivatives")]),
+            (science, report_node, [("outputnode.info_files", "info_files"),
+                                    ("outputnode.carpet_files", "carpet_files")]),
+        ])
+        if inputs.t1w:
+            workflow.connect(science, "outputnode.mesh_file", report_node, "mesh_file")
+    return workflow
+
+
+def init_participants_wf(collected, options, output_dir, source_dir, report=True):
+    """One graph holding every participant of an invocation (scheduled together by MultiProc)."""
+    workflow = pe.Workflow(name=PARTICIPANTS_WF_NAME)
+    workflow.add_nodes([init_participant_wf(inputs, options, output_dir, source_dir, report=report)
+                        for inputs in collected])
+    return workflow

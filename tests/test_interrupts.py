@@ -1,0 +1,98 @@
+"""Ctrl-C at any moment (issue 17): exit 130, one line saying so, nothing half-written, and the
+re-run with the same work dir resumes to the outputs of an uninterrupted run, byte for byte.
+
+The app runs as a user starts it (a subprocess in its own session); Ctrl-C in a terminal sends
+SIGINT to the whole foreground process group (the app and its MultiProc workers), ``kill -INT``
+to the app alone: both are tried.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import nibabel as nb
+import pytest
+
+from helpers import assert_same_outputs, cli_command, cli_environment, run_app
+from tmstarget.participant import participant_work_dir
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+def _wait_for(condition, process, timeout=600):
+    deadline = time.time() + timeout
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    return process.poll() is None
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def assert_nothing_half_written(out):
+    """Every file under ``out`` is complete: no temporary file, every JSON and image readable."""
+    for path in out.rglob("*"):
+        if not path.is_file():
+            continue
+        assert not path.name.startswith(".") or path.name == ".bidsignore", f"left behind: {path}"
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.name.endswith(".nii.gz"):
+            nb.load(path).get_fdata()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nprocs", ["1", "2"])
+@pytest.mark.parametrize("moment", ["denoise", "report", "denoise, kill -INT to the app alone"])
+def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path, nprocs, moment):
+    if moment.endswith("alone") and nprocs == "1":
+        pytest.skip("the app alone is the whole process group with --nprocs 1: the case above")
+    root, _ = one_run_dataset
+    reference, _, _ = mni_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
+    targets = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.json"
+    process = subprocess.Popen(cli_command(root, out, work, "--nprocs", nprocs), env=cli_environment(),
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    if moment.startswith("denoise"):
+        # the step has begun (its folder holds the unfinished-hash marker) and not ended
+        running = _wait_for(lambda: any(denoise.glob("_0x*_unfinished.json")), process)
+    else:
+        # the derivatives are written (config.json is the sink's last file): the report is drawing
+        running = _wait_for(lambda: (out / "sub-01" / "log" / "config.json").is_file(), process)
+        time.sleep(0.3)
+    assert running, "the run ended before it could be interrupted"
+    if moment.endswith("alone"):
+        os.kill(process.pid, signal.SIGINT)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    said = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and said[0].startswith("tmstarget: interrupted"), stderr
+    assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
+    time.sleep(0.5)
+    assert not _group_alive(process.pid), "a worker outlived the interrupted run"
+    # interrupted where it was meant to be
+    if moment.startswith("denoise"):
+        # not finished: Nipype's hash file of a finished step is missing (a failed or stopped
+        # step may leave a result file)
+        assert not [p for p in denoise.glob("_0x*.json") if "unfinished" not in p.name]
+        assert not targets.exists()
+    else:
+        assert targets.exists() and not (out / "sub-01.html").exists()
+    assert_nothing_half_written(out)
+    # an interrupt is not a failure: no crash report is left behind
+    assert not list(work.glob("crash/crash-*"))
+
+    assert run_app(root, out, "--nprocs", nprocs, work_dir=work) == 0
+    assert_same_outputs(out, reference)
