@@ -335,7 +335,10 @@ class ParticipantDerivatives(SimpleInterface):
         if inputs.reliability_file:
             extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
         if inputs.measurements_file:
-            extras["ScalpBasedTargets"] = json.loads(Path(inputs.measurements_file).read_text())
+            scalp_based = json.loads(Path(inputs.measurements_file).read_text())
+            # its warnings are in the sidecar's one QualityWarnings list (collected by the graph)
+            scalp_based.pop("QualityWarnings", None)
+            extras["ScalpBasedTargets"] = scalp_based
         exported = []
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")

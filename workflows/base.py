@@ -52,6 +52,8 @@ RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"
 WARNING_SOURCES = [
     ("combine_runs", "warnings_file"),
     ("quality_checks", "warnings_file"),
+    ("scalp_projection", "warnings_file"),
+    ("scalp_targets", "measurements_file"),
 ]
 
 #: Peak memory (GB) of one Denoise run when the caller gives no estimate: measured 0.8 GB for a
@@ -356,6 +358,9 @@ def init_tmstarget_wf(
             (select, projection, [("targets_file", "points_file")]),
             (projection, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
             (combine, comparators, [("z_file", "z_file")]),
+            # the brain masks tell a skull-stripped head, and which comparators have a z-value
+            (merge["mask_file"], projection, [("out", "brain_mask_files")]),
+            (merge["mask_file"], comparators, [("out", "mask_files")]),
             (comparators, targets, [("out_file", "targets_file")]),
             (comparators, outputnode, [("measurements_file", "measurements_file")]),
             (projection, outputnode, [("mesh_file", "mesh_file")]),
