@@ -98,6 +98,10 @@ def build_parser():
     g.add_argument("--seed-image", type=Path, metavar="FILE",
                    help="seed mask or weighted seed map in MNI152NLin2009cAsym (replaces the sphere)")
     g.add_argument("--seed-name", metavar="NAME", help="seed name used in file names (default: sgACC)")
+    g.add_argument("--allow-poor-seed", action="store_true", default=None,
+                   help="compute the target even when the seed has (almost) no BOLD signal (below the "
+                   "seed-quality hard limits: susceptibility dropout, seed off the brain); it is "
+                   "then flagged in the outputs")
     g.add_argument("--search-region-image", type=Path, metavar="FILE",
                    help="search-region mask in MNI152NLin2009cAsym (default: the four DLPFC spheres)")
     g.add_argument("--target-method", choices=sorted(TARGET_METHODS),
@@ -135,7 +139,7 @@ def build_parser():
 _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "min_total_time",
                  "high_pass", "low_pass", "smoothing_fwhm", "seed_center", "seed_radius", "seed_name",
                  "target_method", "cluster_percentile", "gm_threshold", "handle_angle",
-                 "bootstrap_samples", "bootstrap_block", "random_seed")
+                 "bootstrap_samples", "bootstrap_block", "random_seed", "allow_poor_seed")
 
 
 def resolve_options(args):
@@ -495,7 +499,8 @@ def _report(inputs, output_dir, paths, seconds):
               f"{scalp}\n    {targets_file}")
     reliability = json.loads(sidecar(paths["targets"]).read_text()).get("Reliability", {})
     if "Grade" in reliability:
-        print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})")
+        print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})"
+              + (f"; cause: {reliability['Cause']}" if reliability.get("Cause") else ""))
         if reliability["Grade"] == "low":
             LOGGER.warning("sub-%s: low target reliability: %s", inputs.subject,
                            reliability["GradeReason"])

@@ -259,6 +259,7 @@ class _SinkInputSpec(ParticipantOutputsInputSpec):
     other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
     reliability_file = File(exists=True, desc="JSON: split-half and bootstrap reliability")
     frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
+    seed_quality_file = File(exists=True, desc="JSON: seed quality (SeedQuality) and its warnings")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -328,6 +329,14 @@ class ParticipantDerivatives(SimpleInterface):
             extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
         if inputs.measurements_file:
             extras["ScalpBasedTargets"] = json.loads(Path(inputs.measurements_file).read_text())
+        if inputs.seed_quality_file:
+            seed_quality = json.loads(Path(inputs.seed_quality_file).read_text())
+            for run in seed_quality["PerRun"]:
+                run["Source"] = source_uri(run["Source"])
+            extras["QualityWarnings"] = extras.get("QualityWarnings", []) + seed_quality.pop("QualityWarnings")
+            extras["SeedQuality"] = seed_quality
+            if seed_quality["Cause"] and isinstance(extras.get("Reliability"), dict):
+                extras["Reliability"]["Cause"] = seed_quality["Cause"]
         exported = []
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")

@@ -26,6 +26,7 @@ from tmstarget.workflows.correlation import SeedCorrelation
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
 from tmstarget.workflows.scalp import ScalpProjection
+from tmstarget.workflows.seed_quality import SeedQuality
 from tmstarget.workflows.seed import SeedTimeseries
 from tmstarget.workflows.target import SelectTarget
 from tmstarget.workflows.transforms import MapTargets
@@ -42,7 +43,7 @@ def participant_wf_name(subject):
 
 
 #: What each run's workflow hands to the participant level.
-RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"]
+RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file", "raw_stats_file"]
 
 
 def init_run_wf(run, options, name):
@@ -78,7 +79,7 @@ def init_run_wf(run, options, name):
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
         (correlate, outputnode, [("z_file", "z_file")]),
         (denoise, outputnode, [("info_file", "info_file"), ("cleaned_file", "cleaned_file"),
-                                ("carpet_file", "carpet_file")]),
+                                ("carpet_file", "carpet_file"), ("raw_stats_file", "raw_stats_file")]),
     ])
     return workflow
 
@@ -159,6 +160,23 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     ])
     if options.bootstrap_samples:
         workflow.connect(reliability, "frequency_file", sink, "frequency_file")
+    # Seed quality (issue 16, item 3): the seed's raw signal in every run; refuses below the hard
+    # limits (before the sink, so nothing is written) unless --allow-poor-seed.
+    seed_quality = pe.Node(SeedQuality(seed_name=options.seed_name,
+                                       allow_poor_seed=options.allow_poor_seed), name="seed_quality")
+    if options.seed_image:
+        seed_quality.inputs.seed_image = options.seed_image
+    else:
+        seed_quality.inputs.seed_center = tuple(options.seed_center)
+        seed_quality.inputs.seed_radius = options.seed_radius
+    if inputs.to_mni_xfm:
+        seed_quality.inputs.to_mni_xfm = inputs.to_mni_xfm
+    workflow.connect([
+        (merge["raw_stats_file"], seed_quality, [("out", "raw_stats_files")]),
+        (merge["mask_file"], seed_quality, [("out", "mask_files")]),
+        (combine, seed_quality, [("runs_file", "runs_file")]),
+        (seed_quality, sink, [("quality_file", "seed_quality_file")]),
+    ])
     if report:
         report_node = pe.Node(ParticipantReport(
             output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
