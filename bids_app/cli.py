@@ -97,6 +97,10 @@ def build_parser():
     g.add_argument("--seed-image", type=Path, metavar="FILE",
                    help="seed mask or weighted seed map in MNI152NLin2009cAsym (replaces the sphere)")
     g.add_argument("--seed-name", metavar="NAME", help="seed name used in file names (default: sgACC)")
+    g.add_argument("--allow-poor-seed", action="store_true", default=None,
+                   help="compute the target even when the seed has (almost) no BOLD signal (below the "
+                   "seed-quality hard limits: susceptibility dropout, seed off the brain); it is "
+                   "then flagged in the outputs")
     g.add_argument("--search-region-image", type=Path, metavar="FILE",
                    help="search-region mask in MNI152NLin2009cAsym (default: the four DLPFC spheres)")
     g.add_argument("--target-method", choices=sorted(TARGET_METHODS),
@@ -134,7 +138,7 @@ def build_parser():
 _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "min_total_time",
                  "high_pass", "low_pass", "smoothing_fwhm", "seed_center", "seed_radius", "seed_name",
                  "target_method", "cluster_percentile", "gm_threshold", "handle_angle",
-                 "bootstrap_samples", "bootstrap_block", "random_seed")
+                 "bootstrap_samples", "bootstrap_block", "random_seed", "allow_poor_seed")
 
 
 def resolve_options(args):
@@ -440,7 +444,8 @@ def _report(inputs, options, output_dir, seconds):
               f"{scalp}\n    {targets_file}")
     reliability = targets_sidecar.get("Reliability", {})
     if "Grade" in reliability:
-        print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})")
+        print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})"
+              + (f"; cause: {reliability['Cause']}" if reliability.get("Cause") else ""))
     report = Path(output_dir) / f"sub-{inputs.subject}.html"
     if report.is_file() and report.stat().st_mtime >= time.time() - seconds - 1:
         print(f"  report: {report}")

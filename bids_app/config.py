@@ -49,6 +49,7 @@ class Options:
     seed_radius: float = SGACC_RADIUS_MM
     seed_image: str | None = None  # mask or weighted map, MNI152NLin2009cAsym
     seed_name: str = defaults.SEED_NAME
+    allow_poor_seed: bool = False  # accept a seed below the seed-quality hard limits (seed_quality.py)
     # target selection
     search_region_image: str | None = None  # mask, MNI152NLin2009cAsym
     target_method: str = defaults.TARGET_METHOD

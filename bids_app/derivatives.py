@@ -265,6 +265,7 @@ class _SinkInputSpec(ParticipantOutputsInputSpec):
     reliability_file = File(exists=True, desc="JSON: split-half and bootstrap reliability")
     frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
     quality_warnings = traits.List(traits.Str, desc="every step's warnings, one line each")
+    seed_quality_file = File(exists=True, desc="JSON: seed quality (SeedQuality) and its warnings")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -339,6 +340,15 @@ class ParticipantDerivatives(SimpleInterface):
             # its warnings are in the sidecar's one QualityWarnings list (collected by the graph)
             scalp_based.pop("QualityWarnings", None)
             extras["ScalpBasedTargets"] = scalp_based
+        if inputs.seed_quality_file:
+            seed_quality = json.loads(Path(inputs.seed_quality_file).read_text())
+            for run in seed_quality["PerRun"]:
+                run["Source"] = source_uri(run["Source"])
+            # its warnings are in the sidecar's one QualityWarnings list (collected by the graph)
+            seed_quality.pop("QualityWarnings", None)
+            extras["SeedQuality"] = seed_quality
+            if seed_quality["Cause"] and isinstance(extras.get("Reliability"), dict):
+                extras["Reliability"]["Cause"] = seed_quality["Cause"]
         exported = []
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")

@@ -45,7 +45,8 @@ def science_parameters(options):
         confounds=options.confounds, fd_threshold=options.fd_threshold, high_pass=options.high_pass,
         low_pass=options.low_pass, smoothing_fwhm=options.smoothing_fwhm, min_time=options.min_time,
         min_total_time=options.min_total_time, seed_center=tuple(options.seed_center),
-        seed_radius=options.seed_radius, seed_image=options.seed_image,
+        seed_radius=options.seed_radius, seed_image=options.seed_image, seed_name=options.seed_name,
+        allow_poor_seed=options.allow_poor_seed,
         search_region_image=options.search_region_image, target_method=options.target_method,
         cluster_percentile=options.cluster_percentile, gm_threshold=options.gm_threshold,
         bootstrap_samples=options.bootstrap_samples, bootstrap_block=options.bootstrap_block,
@@ -92,7 +93,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     # work dir: the outputs may have been moved or deleted since.
     sink.overwrite = True
     outputs = ["z_file", "runs_file", "seed_file", "search_file", "targets_file", "reliability_file",
-               "quality_warnings"]
+               "seed_quality_file", "quality_warnings"]
     if options.bootstrap_samples:
         outputs.append("frequency_file")
     if inputs.t1w:

@@ -28,6 +28,7 @@ from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
 from tmstarget.workflows.scalp import ScalpProjection
+from tmstarget.workflows.seed_quality import SeedQuality
 from tmstarget.workflows.seed import SeedTimeseries
 from tmstarget.workflows.target import SelectTarget
 from tmstarget.workflows.transforms import MapTargets
@@ -39,10 +40,10 @@ INPUT_FIELDS = ["bold_files", "mask_files", "t_rs", "gm_file", "t1w_file", "to_m
 #: What :func:`init_tmstarget_wf` gives on its ``outputnode``.
 OUTPUT_FIELDS = ["targets_file", "other_targets_file", "z_file", "seed_file", "search_file",
                  "runs_file", "reliability_file", "frequency_file", "measurements_file", "mesh_file",
-                 "info_files", "carpet_files", "quality_warnings", "warnings_file"]
+                 "info_files", "carpet_files", "seed_quality_file", "quality_warnings", "warnings_file"]
 
 #: What each run's workflow hands to the participant level.
-RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"]
+RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file", "raw_stats_file"]
 
 #: The steps whose warnings reach the user (the targets sidecar, the console, the report), in the
 #: order they are listed: (node name in :func:`init_tmstarget_wf`, output). The output is a JSON
@@ -51,6 +52,7 @@ RUN_OUTPUTS = ["z_file", "mask_file", "info_file", "cleaned_file", "carpet_file"
 #: skipped. To collect a new step's warnings, add its pair here.
 WARNING_SOURCES = [
     ("combine_runs", "warnings_file"),
+    ("seed_quality", "quality_file"),
     ("quality_checks", "warnings_file"),
     ("scalp_projection", "warnings_file"),
     ("scalp_targets", "measurements_file"),
@@ -138,7 +140,7 @@ def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESH
         (seed, correlate, [("timeseries_file", "timeseries_file")]),
         (correlate, outputnode, [("z_file", "z_file")]),
         (denoise, outputnode, [("info_file", "info_file"), ("cleaned_file", "cleaned_file"),
-                                ("carpet_file", "carpet_file")]),
+                                ("carpet_file", "carpet_file"), ("raw_stats_file", "raw_stats_file")]),
     ])
     return workflow
 
@@ -158,6 +160,8 @@ def init_tmstarget_wf(
     seed_center=defaults.SGACC_CENTER_MNI,
     seed_radius=defaults.SGACC_RADIUS_MM,
     seed_image=None,
+    seed_name=defaults.SEED_NAME,
+    allow_poor_seed=False,
     search_region_image=None,
     search_sites=tuple(defaults.DLPFC_SITES_MNI.values()),
     search_radius=defaults.DLPFC_RADIUS_MM,
@@ -206,6 +210,11 @@ def init_tmstarget_wf(
         Seed sphere radius (mm).
     seed_image : path or None
         Seed mask or weighted map in MNI152NLin2009cAsym, instead of the sphere.
+    seed_name : str
+        Name of the seed in messages.
+    allow_poor_seed : bool
+        Go on, with a warning, when the seed's raw signal is below the hard limits of
+        :mod:`tmstarget.workflows.seed_quality` (dropout); otherwise the run stops there.
     search_region_image : path or None
         Search-region mask in MNI152NLin2009cAsym, instead of the DLPFC spheres.
     search_sites : sequence of 3 floats
@@ -274,6 +283,9 @@ def init_tmstarget_wf(
         Scalp mesh (with ``scalp``).
     info_files, carpet_files
         Per run: the denoising summary and the carpet-plot sample.
+    seed_quality_file
+        JSON: the seed's share inside the brain, raw intensity and tSNR against the brain's, per
+        run and combined (:mod:`tmstarget.workflows.seed_quality`).
     quality_warnings
         Every step's warnings, one line each (:data:`WARNING_SOURCES`).
     warnings_file
@@ -344,6 +356,23 @@ def init_tmstarget_wf(
     ])
     if bootstrap_samples:
         workflow.connect(reliability, "frequency_file", outputnode, "frequency_file")
+
+    # Seed quality: the seed's raw signal in every run (susceptibility dropout); it stops the
+    # run below the hard limits, before anything is written, unless allow_poor_seed.
+    seed_quality = pe.Node(SeedQuality(seed_name=seed_name, allow_poor_seed=allow_poor_seed),
+                           name="seed_quality")
+    if seed_image:
+        seed_quality.inputs.seed_image = str(seed_image)
+    else:
+        seed_quality.inputs.seed_center = tuple(seed_center)
+        seed_quality.inputs.seed_radius = seed_radius
+    workflow.connect([
+        (inputnode, seed_quality, [("to_mni_xfm", "to_mni_xfm")]),
+        (merge["raw_stats_file"], seed_quality, [("out", "raw_stats_files")]),
+        (merge["mask_file"], seed_quality, [("out", "mask_files")]),
+        (combine, seed_quality, [("runs_file", "runs_file")]),
+        (seed_quality, outputnode, [("quality_file", "seed_quality_file")]),
+    ])
 
     # The final targets table of the computation space, whatever stages ran.
     targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")

@@ -32,6 +32,7 @@ from nipype.interfaces.base import (
 from scipy import ndimage
 
 from tmstarget.workflows.defaults import CONFOUND_STRATEGIES
+from tmstarget.workflows.seed_quality import RawMoments
 
 try:  # ISA-L decompresses gzip about twice as fast as zlib; the standard library otherwise.
     from isal import igzip as _gzip
@@ -84,7 +85,8 @@ def smoothing_sigmas(affine, fwhm):
     return fwhm / (np.sqrt(8 * np.log(2)) * voxel_size)
 
 
-def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_VOLUMES, threads=1):
+def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_VOLUMES, threads=1,
+                     raw_moments=None):
     """Read a 4-D BOLD run once into a float32 (volumes x mask voxels) array, smoothing on the way.
 
     Equal, up to float32 rounding, to nilearn's ``masking.apply_mask(bold_file, mask, dtype="f",
@@ -105,6 +107,8 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
         Volumes decompressed and smoothed at a time.
     threads : int
         With 2 or more, decompress in a background thread.
+    raw_moments : tmstarget.workflows.seed_quality.RawMoments or None
+        Also given each chunk before smoothing (the seed quality's raw BOLD), then the mask voxels.
 
     Returns
     -------
@@ -172,12 +176,16 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
                 if bad_voxels:
                     raise ValueError(non_finite_message(bold_file, bad_voxels))
                 block[non_finite] = 0
+            if raw_moments is not None:  # the raw (unsmoothed) BOLD, for the seed quality
+                raw_moments.add(start, block.reshape(count, -1))
             if sigmas_zyx is not None:
                 # Separable 1-D passes along x, y then z, as nilearn does (axis 3 is x here).
                 for axis, sigma in zip((3, 2, 1), sigmas_zyx[::-1]):
                     if sigma > 0:
                         ndimage.gaussian_filter1d(block, sigma, axis=axis, output=block)
             np.take(block.reshape(count, -1), gather, axis=1, out=out[start:start + count])
+    if raw_moments is not None:
+        raw_moments.select(gather)
     return out
 
 
@@ -431,6 +439,8 @@ class _DenoiseOutputSpec(TraitedSpec):
     cleaned_file = File(exists=True, desc="float32 (retained volumes x mask voxels) .npy")
     info_file = File(exists=True, desc="JSON: volumes, retained volumes, regressors, dof")
     carpet_file = File(exists=True, desc="carpet.npz: raw and cleaned series of sampled voxels")
+    raw_stats_file = File(exists=True, desc="raw_stats.npz: raw BOLD mean and std of the mask "
+                          "voxels over the retained volumes (seed quality)")
     n_retained = traits.Int()
 
 
@@ -473,9 +483,11 @@ class Denoise(SimpleInterface):
         confounds, sample_mask, names = confound_regressors(inputs.bold_file, inputs.strategy, fd)
         mask = np.asanyarray(nb.load(inputs.mask_file).dataobj) > 0
         lap("confounds")
+        raw_moments = RawMoments(sample_mask)
         with reading(inputs.bold_file):
             timeseries = read_masked_bold(inputs.bold_file, mask, inputs.smoothing_fwhm or None,
-                                          threads=thread_budget())
+                                          threads=thread_budget(), raw_moments=raw_moments)
+        raw_moments.save(out / "raw_stats.npz")
         lap("read_smooth_mask")
         check_timeseries(timeseries, inputs.bold_file)
         n_volumes = timeseries.shape[0]
@@ -507,5 +519,6 @@ class Denoise(SimpleInterface):
         self._results.update(cleaned_file=str(out / "cleaned.npy"),
                              info_file=str(out / "denoise.json"),
                              carpet_file=str(out / "carpet.npz"),
+                             raw_stats_file=str(out / "raw_stats.npz"),
                              n_retained=len(sample_mask))
         return runtime
