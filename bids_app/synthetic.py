@@ -349,15 +349,23 @@ def _ellipsoid_depth(points: np.ndarray, centre, semi_axes) -> np.ndarray:
 class _SyntheticHead:
     """A self-made head of nested ellipsoids, evaluated analytically at any point.
 
-    Layers outward from the brain surface (depth 0): 8 mm of cortical grey matter over white
+    Layers outward from the brain surface (depth 0): 14 mm of cortical grey matter over white
     matter, 3 mm of CSF, 5.5 mm of skull, 5 mm of scalp (muscle, then fat), so the published F3
     scalp positions lie on the scalp and the DLPFC sites lie in the grey-matter ribbon.
+
+    The ribbon is thick because this cortex is not folded: 14 mm gives grey matter the share of
+    the brain it has in the MNI152NLin2009cAsym template (55 % of brain-mask voxels at 2 mm, WM
+    38 %; the template: 56 %, 38 %) and puts the planted target (6.5 mm deep) and the DLPFC
+    sites (3.7-6.5 mm) inside it, not at its white-matter edge. With 8 mm the planted target lay
+    1.5 mm above white matter, its grey-matter blob was one-sided, the smoothed map's minimum
+    fell 4 mm outward and split halves of ample clean data disagreed by a voxel diagonal
+    (5.7 mm; the template head gives 0 mm).
     """
 
     kind = "synthetic"
     _CENTRE = (0.0, -17.0, 15.0)
     _AXES = (68.0, 86.0, 64.0)
-    _RIBBON, _CSF, _SKULL, _MUSCLE, _FAT = 8.0, 3.0, 5.5, 2.5, 2.5
+    _RIBBON, _CSF, _SKULL, _MUSCLE, _FAT = 14.0, 3.0, 5.5, 2.5, 2.5
     _VENTRICLES = (((-11.0, -12.0, 14.0), (5.0, 20.0, 9.0)), ((11.0, -12.0, 14.0), (5.0, 20.0, 9.0)))
     _MEDIAL_WALL = 8.0      # mm either side of the midline: medial cortex (holds the sgACC)
 
