@@ -38,3 +38,17 @@ stop_pidfile() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
 }
+
+# Copy the repository's files as git sees them (tracked, and new ones not ignored) from "$1" into
+# the new folder "$2": what a clone of the working tree would hold, without .venv or caches.
+copy_repository() {
+    local from=$1 to=$2
+    mkdir -p "$to"
+    if git -C "$from" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$from" && git ls-files -z --cached --others --exclude-standard \
+            | while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done \
+            | xargs -0 cp --parents -t "$to")
+    else
+        cp -r "$from"/{pyproject.toml,README.md,bids_app,workflows,tests,scripts,docker,Dockerfile} "$to"
+    fi
+}
