@@ -33,11 +33,34 @@ class OutputError(Exception):
     """The outputs cannot be written (exit code 1)."""
 
 
+def _path(text):
+    """A path the user typed, made absolute once, here, against the folder tmstarget was started in.
+
+    As fMRIPrep's parser does (``Path(path).absolute()``): every later step, Nipype nodes included
+    (each runs in its own folder), gets the same absolute path. Symbolic links are kept, not
+    resolved: a DataLad dataset is all links whose targets' names are not BIDS names.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text).expanduser().absolute()
+
+
 def _key_value(text):
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
+    return name, _path(path)
+
+
+def _megabytes(text):
+    """``--mem``/``--mem-mb`` as fMRIPrep and XCP-D read it: a number of megabytes (``8000``), or a
+    number with a unit (``16G``, ``16GB``, ``500M``, ``1T``; SLURM's spelling). Returns gigabytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)B?\s*", text, flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected megabytes (8000) or a size with a unit (16G), "
+                                         f"got {text!r}")
+    scale = {"K": 1e-6, "M": 1e-3, "": 1e-3, "G": 1.0, "T": 1e3}[match.group(2).upper()]
+    return float(match.group(1)) * scale
 
 
 def _choices_help(intro, descriptions):
@@ -47,13 +70,15 @@ def _choices_help(intro, descriptions):
 
 
 def build_parser():
+    # allow_abbrev=False: no prefix matching, so --mem is --mem (megabytes, as fMRIPrep reads it),
+    # never a silent --mem-gb, and a misspelled flag is an error, not another flag.
     parser = argparse.ArgumentParser(
-        prog="tmstarget",
+        prog="tmstarget", allow_abbrev=False,
         description="Connectivity-guided left-DLPFC TMS targets (sgACC anticorrelation) from "
         "fMRIPrep outputs, written as BIDS-Derivatives.")
-    parser.add_argument("bids_dir", type=Path,
+    parser.add_argument("bids_dir", type=_path,
                         help="fMRIPrep derivatives folder, or a raw BIDS dataset (see --derivatives)")
-    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("output_dir", type=_path, help="where the derivatives are written")
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="'participant' processes each participant; 'group' gathers the participants' "
                         "outputs already in output_dir into group tables and group.html")
@@ -70,9 +95,12 @@ def build_parser():
                    help="space of the BOLD runs to compute in (default: MNI152NLin2009cAsym)")
     g.add_argument("--derivatives", nargs="+", type=_key_value, metavar="NAME=PATH",
                    help="where the fMRIPrep outputs are when bids_dir is raw BIDS: fmriprep=PATH")
-    g.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                   help="accepted for fMRIPrep compatibility; does nothing: tmstarget reads "
+                   "fMRIPrep derivatives and never runs the BIDS validator")
+    g.add_argument("--bids-filter-file", type=_path, metavar="FILE",
                    help='JSON of pybids filters by file kind, e.g. {"bold": {"acquisition": "mb"}}')
-    g.add_argument("--config-file", type=Path, metavar="FILE",
+    g.add_argument("--config-file", type=_path, metavar="FILE",
                    help="options saved by an earlier run (sub-*/log/config.json); flags override it")
 
     g = parser.add_argument_group("denoising")
@@ -94,14 +122,14 @@ def build_parser():
     g.add_argument("--seed-center", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="seed sphere centre, MNI mm (default: sgACC 6 16 -10, Fox et al. 2012)")
     g.add_argument("--seed-radius", type=float, metavar="MM", help="seed sphere radius (default: 10)")
-    g.add_argument("--seed-image", type=Path, metavar="FILE",
+    g.add_argument("--seed-image", type=_path, metavar="FILE",
                    help="seed mask or weighted seed map in MNI152NLin2009cAsym (replaces the sphere)")
     g.add_argument("--seed-name", metavar="NAME", help="seed name used in file names (default: sgACC)")
     g.add_argument("--allow-poor-seed", action="store_true", default=None,
                    help="compute the target even when the seed has (almost) no BOLD signal (below the "
                    "seed-quality hard limits: susceptibility dropout, seed off the brain); it is "
                    "then flagged in the outputs")
-    g.add_argument("--search-region-image", type=Path, metavar="FILE",
+    g.add_argument("--search-region-image", type=_path, metavar="FILE",
                    help="search-region mask in MNI152NLin2009cAsym (default: the four DLPFC spheres)")
     g.add_argument("--target-method", choices=sorted(TARGET_METHODS),
                    help=_choices_help("target selection (default: cluster)", TARGET_METHODS))
@@ -122,11 +150,21 @@ def build_parser():
                    help="seed of the bootstrap's random draws (default: 0; same seed, same numbers)")
 
     g = parser.add_argument_group("resources")
-    g.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
+    g.add_argument("-w", "--work-dir", type=_path, metavar="DIR",
                    help="Nipype work dir; re-using it skips finished steps (default: $TMPDIR/tmstarget_work)")
-    g.add_argument("--nprocs", "--n-cpus", type=int, default=1, metavar="N", help="parallel processes")
+    # fMRIPrep's and XCP-D's spellings, with their meanings and units.
+    g.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, default=1, metavar="N",
+                   dest="nprocs", help="parallel processes (fMRIPrep's --nthreads/--n-cpus too)")
     g.add_argument("--omp-nthreads", type=int, default=1, metavar="N", help="threads per process")
-    g.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for the scheduler")
+    memory = g.add_mutually_exclusive_group()
+    memory.add_argument("--mem-gb", type=float, metavar="GB", dest="mem_gb",
+                        help="memory limit for the scheduler, gigabytes")
+    memory.add_argument("--mem", "--mem-mb", "--mem_mb", type=_megabytes, metavar="MB", dest="mem_gb",
+                        help="the same limit in megabytes, as fMRIPrep and XCP-D read it (8000), "
+                        "or with a unit (16G)")
+    g.add_argument("--notrack", action="store_true",
+                   help="accepted for fMRIPrep compatibility; does nothing: tmstarget never sends "
+                   "anything anywhere (Nipype's telemetry is off)")
 
     g = parser.add_argument_group("outputs")
     g.add_argument("--no-report", action="store_true",
@@ -146,9 +184,6 @@ def resolve_options(args):
     from tmstarget.collect import clean_label
 
     if args.config_file:
-        if not args.config_file.is_file():
-            raise UsageError(f"--config-file {args.config_file} does not exist: give the config.json "
-                             "of an earlier run (sub-*/log/config.json)")
         try:
             options = Options.from_file(args.config_file)
         except (OSError, ValueError, TypeError) as err:
@@ -164,7 +199,7 @@ def resolve_options(args):
         value = getattr(args, name)
         if value is not None:
             _check_region_image(f"--{name.replace('_', '-')}", value)
-            setattr(options, name, str(value.resolve()))
+            setattr(options, name, str(value))
     try:
         # from the flags, else from --config-file: checked either way
         options.participant_label = [clean_label(x) for x in args.participant_label or
@@ -188,6 +223,8 @@ def resolve_options(args):
     _check_ranges(options)
     if args.nprocs < 1 or args.omp_nthreads < 1:
         raise UsageError("--nprocs and --omp-nthreads must be at least 1")
+    if args.mem_gb is not None and not args.mem_gb > 0:
+        raise UsageError(f"--mem-gb {args.mem_gb:g} is out of range: give a value more than 0")
     return options
 
 
@@ -236,8 +273,17 @@ def _check_region_image(flag, path):
         raise UsageError(f"{flag} {path} has shape {shape}: give one 3-D image in MNI152NLin2009cAsym")
 
 
+def default_work_dir():
+    """``$TMPDIR/tmstarget_work`` (``/tmp`` without ``TMPDIR``), absolute."""
+    return Path(os.environ.get("TMPDIR") or "/tmp").absolute() / "tmstarget_work"
+
+
 def check_paths(args):
-    """Refuse a missing input or an output dir that would write into the inputs."""
+    """Refuse a missing input or an output or work dir that would write into the inputs.
+
+    The paths are absolute already (:func:`_path`); they are compared with their symbolic links
+    resolved, so a link into the dataset is caught too.
+    """
     if not args.bids_dir.is_dir():
         raise UsageError(f"bids_dir {args.bids_dir} does not exist")
     bids_dir = args.bids_dir.resolve()
@@ -252,6 +298,52 @@ def check_paths(args):
         if work_dir == bids_dir or bids_dir in work_dir.parents:
             raise UsageError(f"--work-dir {args.work_dir} is inside bids_dir {args.bids_dir}: the input "
                              "dataset is never written to; choose a work folder outside it")
+        if work_dir.exists() and not work_dir.is_dir():
+            raise UsageError(f"--work-dir {args.work_dir} is a file: choose a folder")
+    for flag, path in (("--config-file", args.config_file), ("--bids-filter-file", args.bids_filter_file)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path} does not exist" + (
+                ": give the config.json of an earlier run (sub-*/log/config.json)"
+                if flag == "--config-file" else ""))
+    for name, path in args.derivatives or []:
+        if not path.is_dir():
+            raise UsageError(f"--derivatives {name}={path}: {path} does not exist")
+
+
+def _probe_writable(folder, what):
+    """Create ``folder`` if needed and prove it writable; return whether it was created.
+
+    A probe file is created and removed (as root, permission bits say nothing; a read-only mount,
+    a full disk or a quota only show when writing).
+    """
+    import tempfile
+
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmstarget-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{what} {folder} is not writable ({err.strerror}): choose a folder you "
+                          "can write to, or fix its permissions or mount") from None
+    return created
+
+
+def prepare_work_dir(work_dir):
+    """Create the work dir if needed and prove it writable (checked before any input is read)."""
+    return _probe_writable(work_dir, "--work-dir")
+
+
+def _remove_empty_folders(folder):
+    """Remove ``folder`` and the folders under it, if they hold no file (a failed run that
+    created it leaves nothing behind; anything with content, e.g. steps to resume, stays)."""
+    for path in sorted((p for p in Path(folder).rglob("*") if p.is_dir()), reverse=True) + [Path(folder)]:
+        try:
+            path.rmdir()  # only ever removes an empty folder
+        except OSError:
+            pass
 
 
 def prepare_output_dir(output_dir):
@@ -260,19 +352,7 @@ def prepare_output_dir(output_dir):
     A probe file is created and removed (as root, permission bits say nothing; a read-only mount,
     a full disk or a quota only show when writing).
     """
-    import tempfile
-
-    output_dir = Path(output_dir)
-    created = not output_dir.exists()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".tmstarget-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise OutputError(f"output_dir {output_dir} is not writable ({err.strerror}): choose a folder you "
-                          "can write to, or fix its permissions or mount") from None
-    return created
+    return _probe_writable(output_dir, "output_dir")
 
 
 def run_participants(collected, options, output_dir, source_dir, work_dir, args):
@@ -286,7 +366,24 @@ def run_participants(collected, options, output_dir, source_dir, work_dir, args)
 
     workflow = init_participants_wf(collected, options, output_dir, source_dir,
                                     report=not getattr(args, "no_report", False))
-    return run_graph(workflow, work_dir, nprocs=args.nprocs, mem_gb=args.mem_gb)
+    labels = {(inputs.subject, number): label for inputs in collected
+              for number, label in run_labels(inputs, options.task_id).items()}
+    return run_graph(workflow, work_dir, nprocs=args.nprocs, mem_gb=args.mem_gb, run_labels=labels)
+
+
+def run_labels(inputs, task):
+    """{graph run number (1, 2, ...): the run's entities as its BOLD file name spells them}.
+
+    ``sub-01_ses-1_task-rest_run-1_space-..._bold.nii.gz`` -> ``ses-1_run-1``: the user's own
+    ``run-1`` (pybids reads it as the integer 1, and the graph numbers runs 01, 02, ...), without
+    the subject, task and space every run of the line shares; empty for a lone run without any.
+    """
+    labels = {}
+    for number, run in enumerate(inputs.runs, start=1):
+        name = Path(run.bold).name.split("_space-")[0]
+        parts = [p for p in name.split("_") if p not in (f"sub-{inputs.subject}", f"task-{task}")]
+        labels[number] = "_".join(p for p in parts if "-" in p)
+    return labels
 
 
 def main(argv=None):
@@ -305,9 +402,16 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=args.omp_nthreads)
+    work_created = False
+    status = 1
     try:
         check_paths(args)
-        return _run(args, resolve_options(args))
+        options = resolve_options(args)
+        if args.analysis_level == "participant":
+            args.work_dir = args.work_dir or default_work_dir()
+            work_created = prepare_work_dir(args.work_dir)
+        status = _run(args, options)
+        return status
     except UsageError as err:
         parser.error(str(err))  # exits with 2
     except KeyboardInterrupt:
@@ -319,6 +423,9 @@ def main(argv=None):
             raise
         print(f"tmstarget: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    finally:
+        if work_created and status != 0:
+            _remove_empty_folders(args.work_dir)
 
 
 def _one_line(err):
@@ -345,8 +452,16 @@ def _run(args, options):
     if args.analysis_level == "group":
         from tmstarget.group import run_group
 
+        before = _group_participants(args.output_dir)
         paths = run_group(args.output_dir, options.participant_label)
         print(f"group: {paths['n_participants']} participant(s)\n  {paths['report']}\n  {paths['targets']}")
+        after = _group_participants(args.output_dir)
+        dropped = sorted(before - after)
+        if dropped:
+            LOGGER.warning("group: %s of the earlier group run %s no longer in group/ and group.html, "
+                           "which now hold %s only (--participant-label); run the group level "
+                           "without --participant-label to include everyone", ", ".join(dropped),
+                           "is" if len(dropped) == 1 else "are", ", ".join(sorted(after)))
         return 0
     derivatives = dict(args.derivatives or [])
     source_dir = find_fmriprep_dir(args.bids_dir, derivatives).resolve()
@@ -368,8 +483,7 @@ def _run(args, options):
     if not subjects:
         raise InputError(f"no participant in {source_dir}: is it an fMRIPrep output folder?")
 
-    work_dir = (args.work_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "tmstarget_work").resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = args.work_dir  # absolute, created and checked writable by main()
     from tmstarget.execution import StepFailed, configure_nipype
 
     configure_nipype(work_dir, args.verbose)
@@ -404,7 +518,7 @@ def _run(args, options):
                 write_dataset_description(output_dir, source_dir, finished[0].source_version)
         seconds = time.time() - start
         for inputs in collected:
-            _report(inputs, options, output_dir, seconds)
+            _report(inputs, options, output_dir, seconds, source_dir)
     finally:
         if created and not finished and output_dir.is_dir() and not any(output_dir.iterdir()):
             output_dir.rmdir()
@@ -420,8 +534,43 @@ def _written_since(inputs, options, output_dir, since):
     return config.is_file() and config.stat().st_mtime >= since - 1
 
 
-def _report(inputs, options, output_dir, seconds):
+def _group_participants(output_dir):
+    """The participants (``sub-<label>``) in the group table of ``output_dir``; empty without one."""
+    import csv
+
+    table = Path(output_dir) / "group" / "group_targets.tsv"
+    try:
+        with open(table, newline="") as f:
+            return {row["participant_id"] for row in csv.DictReader(f, delimiter="\t")}
+    except (OSError, KeyError):
+        return set()
+
+
+def _planted_targets(source_dir, subject):
+    """{space: planted target (world mm)} of the demo dataset, when ``source_dir`` is one.
+
+    ``tmstarget-synth`` writes where it planted the target (:data:`tmstarget.synthetic.TRUTH_FILE`);
+    any other dataset has no such file and gets no such line.
+    """
+    from tmstarget.synthetic import TRUTH_FILE
+
+    path = Path(source_dir) / TRUTH_FILE
+    if not path.is_file():
+        return {}
+    try:
+        truth = json.loads(path.read_text())
+        planted = {space: truth["target_mni"] for space in ("MNI152NLin2009cAsym", "MNI152NLin6Asym")}
+        if subject in truth.get("participants", {}):
+            planted["T1w"] = truth["participants"][subject]["target_t1w"]
+        return planted
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _report(inputs, options, output_dir, seconds, source_dir=None):
     """The participant's target on the console, and every warning of its steps, once each."""
+    import numpy as np
+
     import pandas as pd
 
     from tmstarget.derivatives import participant_paths, sidecar, targets_path
@@ -433,6 +582,7 @@ def _report(inputs, options, output_dir, seconds):
         LOGGER.warning("sub-%s: %s", inputs.subject, warning)
 
     print(f"sub-{inputs.subject}: connectivity target, Fisher z and scalp point [{seconds:.0f} s]")
+    planted = _planted_targets(source_dir, inputs.subject) if source_dir else {}
     for space in (inputs.space, inputs.other_space):
         targets_file = targets_path(output_dir, inputs.subject, space) if space else None
         if targets_file is None or not targets_file.is_file():
@@ -442,8 +592,14 @@ def _report(inputs, options, output_dir, seconds):
                  f"{row.scalp_distance_mm:.1f} mm above it" if "scalp_x" in row else "")
         print(f"  {space}: ({row.x:.1f}, {row.y:.1f}, {row.z:.1f}) mm, z {row.seed_correlation_z:.2f}"
               f"{scalp}\n    {targets_file}")
+        if space in planted:
+            where = np.asarray(planted[space], dtype=float)
+            print(f"    demo: planted at ({where[0]:.1f}, {where[1]:.1f}, {where[2]:.1f}) mm, found "
+                  f"{np.linalg.norm(np.array([row.x, row.y, row.z]) - where):.1f} mm from it")
     reliability = targets_sidecar.get("Reliability", {})
-    if "Grade" in reliability:
+    if reliability.get("Grade") is None and reliability.get("GradeReason"):
+        print(f"  reliability: not graded ({reliability['GradeReason']})")
+    elif "Grade" in reliability:
         print(f"  reliability: {reliability['Grade']} ({reliability['GradeReason']})"
               + (f"; cause: {reliability['Cause']}" if reliability.get("Cause") else ""))
     report = Path(output_dir) / f"sub-{inputs.subject}.html"

@@ -128,6 +128,30 @@ def _anat(layout, subject, space, filters, **entities):
     return sorted(files, key=lambda f: ("session" in f.entities, f.path))
 
 
+def available_bold(layout, subject):
+    """What preprocessed BOLD ``subject`` has, for a message: its tasks, spaces (with their
+    resolutions) and sessions, e.g. ``found for sub-01: task rest; spaces MNI152NLin2009cAsym
+    (res-2), T1w; sessions 1, 2``."""
+    files = layout.get(subject=subject, desc="preproc", suffix="bold", datatype="func",
+                       extension=[".nii.gz", ".nii"])
+    if not files:
+        return f"sub-{subject} has no desc-preproc_bold at all"
+    entities = [f.get_entities() for f in files]
+
+    def values(name):
+        return sorted({str(e[name]) for e in entities if name in e})
+
+    spaces = []
+    for space in values("space"):
+        resolutions = sorted({str(e["res"]) for e in entities if e.get("space") == space and "res" in e})
+        spaces.append(space + (f" (res-{', res-'.join(resolutions)})" if resolutions else ""))
+    tasks, sessions = values("task"), values("session")
+    return (f"found for sub-{subject}: task{'s' if len(tasks) > 1 else ''} {', '.join(tasks) or 'none'}; "
+            f"space{'s' if len(spaces) > 1 else ''} {', '.join(spaces) or 'none'}; "
+            + (f"session{'s' if len(sessions) > 1 else ''} {', '.join(sessions)}" if sessions
+               else "no sessions"))
+
+
 def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym", sessions=None,
                         filters=None):
     """Collect one participant's inputs.
@@ -162,8 +186,9 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
     if not bold_files:
         sessions_text = f" session(s) {', '.join(sessions)}" if sessions else ""
         raise InputError(f"no preprocessed BOLD for sub-{subject}{sessions_text} task '{task}' in "
-                         f"space {space} under {layout.root}: check --task-id and --space, or run "
-                         f"fMRIPrep with --output-spaces {space}")
+                         f"space {space} under {layout.root} ({available_bold(layout, subject)}): "
+                         f"check --task-id, --space and --session-label, or run fMRIPrep with "
+                         f"--output-spaces {space}")
 
     runs = []
     for bold in bold_files:

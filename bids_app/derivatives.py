@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import nibabel as nb
@@ -123,7 +124,12 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     the two is completed by the next.
     """
     path = Path(output_dir) / "dataset_description.json"
-    source_uri = Path(source_dir).resolve().as_uri()
+    # No absolute path of this machine: the fMRIPrep dataset is linked by its path relative to
+    # the output folder (BIDS DatasetLinks values are URIs; a relative reference resolves against
+    # this dataset, so the link survives moving both together, e.g. derivatives/fmriprep beside
+    # derivatives/tmstarget), and SourceDatasets names it with the BIDS URI of its root.
+    relative = os.path.relpath(Path(source_dir).resolve(), Path(output_dir).resolve())
+    source_uri = "bids:fmriprep:"
     description = {
         "Name": "tmstarget: connectivity-guided TMS targets",
         "BIDSVersion": BIDS_VERSION,
@@ -131,7 +137,7 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
         "GeneratedBy": [{"Name": "tmstarget", "Version": __version__,
                          "CodeURL": "https://github.com/tmstarget/tmstarget"}],
         "SourceDatasets": [{"URL": source_uri, **({"Version": source_version} if source_version else {})}],
-        "DatasetLinks": {"fmriprep": source_uri},
+        "DatasetLinks": {"fmriprep": urllib.parse.quote(Path(relative).as_posix())},
     }
     write_json(path, description, once=True)
     # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
@@ -139,6 +145,17 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     # reports (sub-<label>.html, their figures, the group level's group.html and group/ tables).
     write_text(Path(output_dir) / ".bidsignore", "".join(f"{line}\n" for line in BIDSIGNORE), once=True)
     return path
+
+
+def source_relative(path, source_dir):
+    """The path of an input file inside the fMRIPrep folder, as a POSIX path relative to it.
+
+    Folders on the way are resolved (the source folder may be reached through a link), the file
+    itself is not: in a DataLad/git-annex dataset each file is a link to an object named by its
+    checksum, outside the dataset's folders, and the BIDS name is the link's.
+    """
+    path = Path(path)
+    return (path.parent.resolve() / path.name).relative_to(Path(source_dir).resolve()).as_posix()
 
 
 def sidecar(path):
@@ -190,7 +207,7 @@ def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
     tms = Path(output_dir) / f"sub-{subject}" / "tms"
     prefix = f"sub-{subject}_space-T1w"
     t1w_img = nb.load(t1w_file)
-    t1w_rel = Path(t1w_file).resolve().relative_to(Path(source_dir).resolve()).as_posix()
+    t1w_rel = source_relative(t1w_file, source_dir)
     markers, coordsystem = exports.nibs_markers(poses, subject, t1w=t1w_rel)
     files = {
         tms / f"{prefix}_desc-brainsight_targets.txt": exports.brainsight_targets(
@@ -286,7 +303,7 @@ class ParticipantDerivatives(SimpleInterface):
         source = Path(inputs.source_dir).resolve()
 
         def source_uri(path):
-            return f"bids:fmriprep:{Path(path).resolve().relative_to(source).as_posix()}"
+            return f"bids:fmriprep:{source_relative(path, source)}"
 
         used = [source_uri(r["BoldFile"]) for r in runs if r["Used"]]
         runs_summary = [{"Source": source_uri(r["BoldFile"]), **{k: v for k, v in r.items()

@@ -112,8 +112,11 @@ class NodeProgress:
 
     PLUMBING = ("IdentityInterface", "Merge")
 
-    def __init__(self, interrupted=lambda: False):
+    def __init__(self, interrupted=lambda: False, run_labels=None):
         self.since = datetime.now(timezone.utc)
+        #: (subject, graph run number) -> the run's entities as its file name spells them
+        #: (``run-1`` stays ``run-1``; the graph numbers runs 01, 02, ...)
+        self.run_labels = run_labels or {}
         self.started = {}
         #: whether SIGINT arrived: a step it stopped did not fail
         self.interrupted = interrupted
@@ -136,9 +139,10 @@ class NodeProgress:
         # MultiProc calls "start" only for steps it sends to a worker
         started = self.started.pop(key, None)
         seconds = time.time() - started if started is not None else 0.0
+        subject = _subject_of(key)
         run = re.search(r"run_(\d+)_wf", key)
-        label = (f"sub-{_subject_of(key)}  {'run-' + run.group(1) + ' ' if run else ''}"
-                 f"{node.name.replace('_', ' ')}")
+        run = self.run_labels.get((subject, int(run.group(1))), f"run-{run.group(1)}") if run else ""
+        label = f"sub-{subject}  {run + ' ' if run else ''}{node.name.replace('_', ' ')}"
         if status == "exception":
             after = f" after {seconds:.1f} s" if started is not None else ""
             if self.interrupted():
@@ -198,7 +202,7 @@ class _SigintFlag:
         return False
 
 
-def run_graph(workflow, work_dir, nprocs=1, mem_gb=None):
+def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None):
     """Run ``workflow`` in ``work_dir``; return the time it began.
 
     Raises
@@ -215,7 +219,8 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None):
     start = time.time()
     runner = None
     with _SigintFlag() as sigint:
-        plugin_args = {"status_callback": NodeProgress(interrupted=lambda: sigint.received)}
+        plugin_args = {"status_callback": NodeProgress(interrupted=lambda: sigint.received,
+                                                      run_labels=run_labels)}
         if nprocs > 1:
             plugin_args.update(n_procs=nprocs, raise_insufficient=False)
             if mem_gb:

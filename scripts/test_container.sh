@@ -44,24 +44,36 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Start dockerd with storage driver $1 on the private socket; return 1 when it does not answer.
+start_dockerd() {
+    local driver=$1
+    log "starting dockerd ($driver storage) on $DOCKER_HOST"
+    dockerd --storage-driver="$driver" --data-root "$WORK/docker" --exec-root "$WORK/exec" \
+        --pidfile "$WORK/dockerd.pid" --host "$DOCKER_HOST" \
+        --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
+    for _ in $(seq 60); do
+        "$DOCKER" info >/dev/null 2>&1 && { STORAGE=$driver; return 0; }
+        kill -0 $! 2>/dev/null || break
+        sleep 0.5
+    done
+    stop_dockerd
+    return 1
+}
+stop_dockerd() { stop_pidfile "$WORK/dockerd.pid"; rm -rf "$WORK/docker" "$WORK/exec"; }
+
+STORAGE=
 if [[ -z ${DOCKER_HOST:-} ]]; then
     [[ $(id -u) == 0 ]] || skip "no DOCKER_HOST and not root: cannot start a Docker engine"
     export DOCKER_HOST=unix://$WORK/docker.sock
     OWN_DAEMON=1
     # overlay2 where the kernel and file system allow it (fast), vfs (plain copies) elsewhere.
-    for driver in overlay2 vfs; do
-        log "starting dockerd ($driver storage) on $DOCKER_HOST"
-        dockerd --storage-driver="$driver" --data-root "$WORK/docker" --exec-root "$WORK/exec" \
-            --pidfile "$WORK/dockerd.pid" --host "$DOCKER_HOST" \
-            --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
-        for _ in $(seq 60); do "$DOCKER" info >/dev/null 2>&1 && break 2; kill -0 $! 2>/dev/null || break; sleep 0.5; done
-        stop_pidfile "$WORK/dockerd.pid"
-        rm -rf "$WORK/docker" "$WORK/exec"
-    done
-    "$DOCKER" info >/dev/null 2>&1 || { tail -5 "$WORK/dockerd.log"; skip "dockerd did not start here"; }
+    start_dockerd overlay2 || start_dockerd vfs || { tail -5 "$WORK/dockerd.log"; skip "dockerd did not start here"; }
 fi
 
 # --- the base image -------------------------------------------------------------------------------
+# The base image: from a registry, else made with debootstrap (again after a storage change).
+ensure_base_image() {
+# (not indented: the here-documents' ends must start their lines)
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 120 "$DOCKER" pull -q "$BASE_IMAGE" 2>/dev/null; then
     log "no $BASE_IMAGE from a registry: debootstrap bookworm from $MIRROR"
     rootfs=$WORK/rootfs
@@ -95,6 +107,8 @@ EOF
     rm -rf "$rootfs"
     log "imported $BASE_IMAGE ($("$DOCKER" image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 fi
+}
+ensure_base_image
 
 # --- the image ------------------------------------------------------------------------------------
 # The build context: the repository's files as git sees them, plus the seeded TemplateFlow home of
@@ -117,11 +131,33 @@ pipconf=${PIP_CONFIG_FILE:-/etc/pip.conf}
 for proxy in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
     [[ -n ${!proxy:-} ]] && build_args+=(--build-arg "$proxy")
 done
+build_image() { DOCKER_BUILDKIT=1 "$DOCKER" build --progress plain "${build_args[@]}" -t "$IMAGE" "$context"; }
+# BuildKit on overlay2 storage was seen to die with "rpc error: code = Internal desc = unexpected
+# EOF" (the daemon answering is no proof that builds work): such a build is tried again, and
+# after a second such failure on a daemon of our own, the daemon is restarted on vfs storage.
+BUILDKIT_TRANSIENT='unexpected EOF|rpc error: code = (Internal|Unavailable)'
 log "building $IMAGE"
 build_start=$SECONDS
-DOCKER_BUILDKIT=1 "$DOCKER" build --progress plain "${build_args[@]}" -t "$IMAGE" "$context" \
-    >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+if ! retry_on 2 "$BUILDKIT_TRANSIENT" "$WORK/build.log" build_image; then
+    if grep -Eq "$BUILDKIT_TRANSIENT" "$WORK/build.log" && [[ -n ${OWN_DAEMON:-} && $STORAGE == overlay2 ]]; then
+        tail -5 "$WORK/build.log"
+        log "BuildKit failed twice on overlay2 storage: restarting dockerd on vfs"
+        stop_dockerd
+        start_dockerd vfs || { tail -5 "$WORK/dockerd.log"; exit 1; }
+        ensure_base_image
+        build_image >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+    else
+        tail -30 "$WORK/build.log"
+        exit 1
+    fi
+fi
 grep -E "baked|seeded|warning: TemplateFlow" "$WORK/build.log" | sed 's/^#[0-9]* [0-9.]* /  /' || true
+# What the demo generator of this image must use: the baked template, or, when the build could
+# not fetch it (offline, and no ../shared seed: any clone but ours), its self-made head. With
+# the seed the template is baked without network, so a build without it is a failure.
+expected_head=$(expected_demo_head "$WORK/build.log" "$seed") || exit 1
+[[ $expected_head == templateflow ]] \
+    || log "no template in the image (offline build without ../shared): the demo must use the self-made head"
 size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
 log "built $IMAGE in $((SECONDS - build_start)) s: $(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}')"
 
@@ -173,14 +209,15 @@ done
 # --- the outputs ----------------------------------------------------------------------------------
 others=$(find "$data" ! -uid "${RUN_USER%%:*}")
 [[ -z $others ]] || fail "files not owned by the run's user id: $others"
-python3 - "$data" <<'EOF'
+python3 - "$data" "$expected_head" <<'EOF'
 """Check the container's outputs: complete, valid, and the planted target found (stdlib only)."""
 import csv, json, math, sys
 from pathlib import Path
 
-data = Path(sys.argv[1])
+data, expected_head = Path(sys.argv[1]), sys.argv[2]
 out, truth = data / "out", json.loads((data / "fmriprep" / "tmstarget_synthetic_truth.json").read_text())
-assert truth["head"] == "templateflow", f"the demo did not use the baked template: head {truth['head']}"
+assert truth["head"] == expected_head, f"the demo's head is {truth['head']}, expected {expected_head}"
+print(f"  demo head: {truth['head']}")
 description = json.loads((out / "dataset_description.json").read_text())
 assert description["DatasetType"] == "derivative", description
 bidsignore = (out / ".bidsignore").read_text()

@@ -31,6 +31,7 @@ def colornest(tmp_path):
     return root
 
 
+@pytest.mark.shared_data
 def test_colornest_is_collected(colornest):
     assert find_fmriprep_dir(colornest) == colornest
     layout = load_layout(colornest)
@@ -50,6 +51,7 @@ def test_colornest_is_collected(colornest):
     assert inputs.to_mni_xfm is None
 
 
+@pytest.mark.shared_data
 def test_colornest_missing_space_or_session_is_named(colornest):
     layout = load_layout(colornest)
     with pytest.raises(InputError, match="space T1w"):
@@ -77,3 +79,33 @@ def test_labels_cannot_escape_a_folder(label):
 def test_labels_accept_both_spellings():
     assert clean_label("sub-01") == clean_label("01") == "01"
     assert clean_label("ses-pre", "session") == "pre"
+
+
+def _bold_names(root, names):
+    """A derivative tree holding only (empty) BOLD files of these names: pybids reads names."""
+    (root / "dataset_description.json").write_text(
+        '{"Name": "f", "BIDSVersion": "1.9.0", "DatasetType": "derivative"}')
+    for name in names:
+        parts = dict(p.split("-", 1) for p in name.split("_")[:-1] if "-" in p)
+        folder = root / f"sub-{parts['sub']}" / (f"ses-{parts['ses']}" if "ses" in parts else "") / "func"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    return load_layout(root)
+
+
+def test_wrong_task_space_or_session_lists_the_participants_runs(tmp_path):
+    layout = _bold_names(tmp_path, [
+        "sub-01_ses-A_task-rest_run-1_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz",
+        "sub-01_ses-B_task-rest_run-1_space-MNI152NLin6Asym_res-1_desc-preproc_bold.nii.gz",
+        "sub-01_ses-B_task-nback_space-T1w_desc-preproc_bold.nii.gz",
+        "sub-02_task-movie_space-fsLR_den-91k_desc-preproc_bold.nii.gz",
+    ])
+    found = "found for sub-01: tasks nback, rest; spaces MNI152NLin6Asym (res-1, res-2), T1w; sessions A, B"
+    for kwargs in (dict(space="MNI152NLin2009cAsym"), dict(task="rst", space="MNI152NLin6Asym"),
+                   dict(space="T1w", sessions=["C"])):
+        with pytest.raises(InputError) as exc:
+            collect_participant(layout, "01", **kwargs)
+        assert found in str(exc.value)
+        assert "check --task-id, --space and --session-label" in str(exc.value)
+    with pytest.raises(InputError, match="sub-03 has no desc-preproc_bold at all"):
+        collect_participant(layout, "03")

@@ -418,3 +418,63 @@ def test_bad_config_file(dataset, tmp_path, capsys, content, words):
         config.write_text(content)
     line = fails(capsys, root, tmp_path / "out", "--config-file", str(config), code=2)
     assert words in line
+
+
+# --------------------------------------------------------------------------------------------
+# the work folder
+# --------------------------------------------------------------------------------------------
+def test_work_dir_that_is_a_file(dataset, tmp_path, capsys):
+    root, _ = dataset
+    (tmp_path / "work").write_text("not a folder")
+    line = fails(capsys, root, tmp_path / "out", work_dir=tmp_path / "work", code=2)
+    assert "--work-dir" in line and "is a file" in line
+    assert (tmp_path / "work").read_text() == "not a folder"
+
+
+def test_unwritable_work_dir_is_refused_before_anything_is_read(dataset, tmp_path):
+    """A read-only work folder: one line, exit 1, and the output folder not even created."""
+    root, _ = dataset
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    command = cli_command(root, tmp_path / "out", readonly / "work")
+    if os.geteuid() == 0:
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("root without mount namespaces: cannot make a read-only folder")
+        command = ["unshare", "-m", "sh", "-c",
+                   f'mount --bind "{readonly}" "{readonly}" && mount -o remount,ro,bind "{readonly}" && exec "$@"',
+                   "sh", *command]
+    else:
+        readonly.chmod(0o555)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=cli_environment())
+    assert result.returncode == 1, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("tmstarget: error:")]
+    assert f"--work-dir {readonly / 'work'} is not writable" in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not any(readonly.iterdir())
+
+
+def test_failed_run_leaves_no_work_dir_it_created(dataset, tmp_path, capsys):
+    root, _ = dataset
+    work = tmp_path / "new" / "work"
+    line = fails(capsys, root, tmp_path / "out", "--task-id", "nback", work_dir=work)
+    assert "task 'nback'" in line
+    assert not work.exists()
+    # a work folder that was there before stays, with what it held
+    work.mkdir(parents=True)
+    (work / "keep.txt").write_text("mine")
+    fails(capsys, root, tmp_path / "out", "--task-id", "nback", work_dir=work)
+    assert (work / "keep.txt").read_text() == "mine"
+    empty = tmp_path / "empty work"
+    empty.mkdir()
+    fails(capsys, root, tmp_path / "out", "--task-id", "nback", work_dir=empty)
+    assert empty.is_dir()
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--task-id", "nback"], "found for sub-01: task rest; spaces MNI152NLin2009cAsym, T1w; no sessions"),
+    (["--space", "MNI152NLin6Asym"], "spaces MNI152NLin2009cAsym, T1w"),
+    (["--session-label", "2"], "session(s) 2 task 'rest'"),
+], ids=["task", "space", "session"])
+def test_wrong_task_space_or_session_lists_what_exists(dataset, tmp_path, capsys, flags, words):
+    root, _ = dataset
+    line = fails(capsys, root, tmp_path / "out", *flags)
+    assert words in line and "found for sub-01" in line

@@ -534,6 +534,7 @@ def mni_f3(deface=None):
     return ten_twenty_f3(vertices, faces, *placed), snapped
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not MNI_T1W.exists(), reason="../shared/data (MNI152NLin2009cAsym) absent")
 def test_mni_template_f3_near_published_positions():
     """10-20 F3 built on the MNI152NLin2009cAsym 2 mm scalp lies within 10 mm of the published
@@ -554,6 +555,7 @@ def test_mni_template_f3_near_published_positions():
     assert elapsed < 3.0
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not MNI_T1W.exists(), reason="../shared/data (MNI152NLin2009cAsym) absent")
 @pytest.mark.parametrize("deface", ["box", "plane"])
 def test_mni_template_f3_survives_defacing(deface):

@@ -35,7 +35,10 @@ def test_concurrent_participants_write_the_root_files_once(tmp_path):
 
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
-    assert description["SourceDatasets"] == [{"URL": source.resolve().as_uri(), "Version": "23.2.0"}]
+    # No absolute path of this machine: a BIDS URI, and the link relative to the output folder.
+    assert description["SourceDatasets"] == [{"URL": "bids:fmriprep:", "Version": "23.2.0"}]
+    assert description["DatasetLinks"] == {"fmriprep": "../fmriprep"}
+    assert (out / description["DatasetLinks"]["fmriprep"]).resolve() == source.resolve()
     assert (out / ".bidsignore").read_text().split() == list(BIDSIGNORE)
     # No temporary file of any writer is left beside them.
     assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "dataset_description.json"]

@@ -219,7 +219,7 @@ def test_progress_one_line_per_step(cohort, caplog):
                    work_dir=base / "work") == 0
     info = [r.getMessage() for r in caplog.records if r.name == "tmstarget" and r.levelno == logging.INFO]
     assert any(m.startswith("sub-02 [1/1]") for m in info)
-    assert any(re.match(r"sub-02  run-01 denoise +\d+\.\d s \(reused\)$", m) for m in info)
+    assert any(re.match(r"sub-02  run-1 denoise +\d+\.\d s \(reused\)$", m) for m in info)  # as the file says
     assert any(re.match(r"sub-02  derivatives +\d+\.\d s$", m) for m in info)  # written every time
     # plumbing nodes only with -v: the console is not flooded
     assert not any("merge" in m or "outputnode" in m for m in info)

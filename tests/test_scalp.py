@@ -389,6 +389,7 @@ def test_interface_round_trip(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Real template (only where ../shared is present)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.shared_data
 @pytest.mark.skipif(not MNI_T1W.exists(), reason="../shared/data (MNI152NLin2009cAsym) absent")
 def test_mni_template_head():
     """The MNI152NLin2009cAsym 2 mm head: fast, watertight, and the scalp above the left DLPFC

@@ -248,7 +248,8 @@ def test_generated_participant_in_full_signal_passes(mni_run):
     assert quality["Combined"]["BrainShare"] > 0.95
     assert quality["Combined"]["IntensityRatio"] > INTENSITY_RATIO_WARN
     assert quality["Combined"]["TSNRRatio"] > TSNR_RATIO_WARN
-    assert not [w for w in sidecar.get("QualityWarnings", []) if "seed" in w]
+    assert not [w for w in sidecar.get("QualityWarnings", []) if "seed signal dropout" in w
+                or "seed outside the brain mask" in w or "seed is below the hard limits" in w]
     assert "Cause" not in sidecar["Reliability"]
 
 

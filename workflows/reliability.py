@@ -294,6 +294,10 @@ def target_reliability(runs, region, affine, target_xyz, method="cluster", perce
         }
         summary["Grade"], summary["GradeReason"] = grade_reliability(
             summary["Bootstrap"]["Radius95_mm"], split_distance)
+    else:  # a grade needs the bootstrap's radius as well as the split halves
+        summary["Grade"] = None
+        summary["GradeReason"] = ("not graded: the bootstrap was skipped (--bootstrap-samples 0) "
+                                  "and the grade needs its 95 % radius besides the split halves")
     return summary, frequency
 
 
