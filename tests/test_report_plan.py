@@ -16,7 +16,7 @@ from tmstarget.reports import boilerplate, software_versions, write_participant_
 from tmstarget.reports.head import table_on_mesh
 from tmstarget.reports.plan import handle_words
 from tmstarget.reports.quality import BOOTSTRAP_SCOPE, format_distance, readable_distances
-from tmstarget.workflows.base import participant_wf_name
+from tmstarget.participant import participant_work_dir
 
 SPACE = "MNI152NLin2009cAsym"
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium") if Path("/usr/bin/chromium").is_file() else None)
@@ -73,7 +73,7 @@ def _rewrite(out, work, tmp_path, edit=None, **kwargs):
         if edit:
             edit(meta)
         path.write_text(json.dumps(meta))
-    wf = Path(work) / participant_wf_name("01")
+    wf = participant_work_dir(work, "01")
     denoise = wf / "run_01_wf" / "denoise"
     bold = json.loads((denoise / "denoise.json").read_text())["BoldFile"]
     confounds = [bold.split("_space-")[0] + "_desc-confounds_timeseries.tsv"]
