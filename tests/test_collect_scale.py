@@ -106,3 +106,22 @@ def test_bids_database_dir_of_another_dataset_or_inside_the_input_is_refused(one
     with pytest.raises(InputError, match="inside the fMRIPrep folder"):
         load_layout(root, ["01"], root / "db")
     assert not (root / "db").exists()
+
+
+@pytest.mark.slow  # subprocesses
+def test_slurm_recipe_builds_the_index_once_and_the_tasks_read_it(one_run_dataset, tmp_path):
+    import os
+    import shlex
+    import subprocess
+
+    slurm = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
+    root, database = one_run_dataset[0], tmp_path / "db"
+    env = {**os.environ, "TMSTARGET_PYTHON": sys.executable}
+    subprocess.run(["bash", str(slurm / "index.sbatch"), str(root), str(database)], env=env, check=True)
+    assert (database / collect.DATABASE_FILE).is_file()
+    result = subprocess.run(["bash", str(slurm / "participant.sbatch"), str(root), "out", "work"],
+                            env={**env, "TMSTARGET": "echo", "SLURM_ARRAY_TASK_ID": "1",
+                                 "BIDS_DATABASE_DIR": str(database)},
+                            capture_output=True, text=True, check=True)
+    argv = shlex.split(result.stdout.splitlines()[-1])
+    assert argv[argv.index("--bids-database-dir") + 1] == str(database)
