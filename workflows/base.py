@@ -18,7 +18,6 @@ from nipype.pipeline import engine as pe
 from tmstarget import __version__
 from tmstarget.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI
 from tmstarget.derivatives import ParticipantDerivatives
-from tmstarget.reports import ParticipantReport
 from tmstarget.workflows.combine import CombineRuns
 from tmstarget.workflows.landmarks import ScalpTargets
 from tmstarget.workflows.confounds import Denoise, denoise_mem_gb
@@ -160,6 +159,9 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     if options.bootstrap_samples:
         workflow.connect(reliability, "frequency_file", sink, "frequency_file")
     if report:
+        # imported only when asked for: matplotlib and nilearn.plotting are a second of start-up
+        from tmstarget.reports import ParticipantReport
+
         report_node = pe.Node(ParticipantReport(
             output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
             seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
