@@ -43,7 +43,8 @@ def filler_files(label):
                       f"{func}_space-{space}_desc-brain_mask.nii.gz",
                       f"{func}_space-{space}_boldref.nii.gz"]
         files += [f"{func}_desc-confounds_timeseries.tsv", f"{func}_desc-confounds_timeseries.json",
-                  f"{func}_hemi-L_space-fsaverage_bold.func.gii", f"{func}_space-fsLR_den-91k_bold.dtseries.nii"]
+                  f"{func}_hemi-L_space-fsaverage_bold.func.gii",
+                  f"{func}_space-fsLR_den-91k_bold.dtseries.nii"]
     files += [f"{sub}/figures/{sub}_{name}.svg" for name in ("dseg", "t1w_to_MNI", "carpetplot", "flt_bbr")]
     files += [f"{sub}/log/citation.md"]
     return files
