@@ -1,21 +1,29 @@
-"""Benchmark of the participant level against the floor (reading the BOLD) and other tools.
+"""Benchmark of issue 13: the participant level against the read floor, a large dataset, --nprocs.
 
-Run from the repository root (not part of the test suite)::
+Run from the repository root (not part of the test suite; about 8 minutes on 2 quiet cores, the
+synthetic data made once and kept in ``--data-dir``)::
 
-    python -u benchmarks/run.py              # the full table (about 20 min on 2 quiet cores)
-    python benchmarks/run.py --quick         # 1 x 300 volumes only
+    python -u benchmarks/run.py                 # the table of the README
+    python -u benchmarks/run.py --repeats 1     # quicker, noisier
 
-For each synthetic participant (the package's generator, 2 mm MNI152NLin2009cAsym grid
-97 x 115 x 97, TR 2 s) it prints, each measurement in a fresh process:
+Every measurement runs in a fresh process; each is repeated and the median is kept (the machine
+may be shared: wall times are noisy, the ratios and CPU times less so). It prints, in one run:
 
-- the floor: every BOLD loaded as float32 with nibabel (``get_fdata(dtype=np.float32)``);
-- ``tmstarget ... participant`` with ``--no-report`` (when the CLI offers it) and without it;
-- the time of each stage (Nipype node durations; Denoise split into its steps);
-- the peak resident memory (RSS) of the whole process tree, sampled every 50 ms;
-- the ratios to the floor; and how time grows with volumes (300, 600, 1200) and runs (1, 2).
+- **floor**: nibabel loads the BOLD as float32 (``get_fdata(dtype=np.float32)``) of a 2 mm
+  participant of 300 volumes (97 x 115 x 97, TR 2 s, the package's generator, real MNI head when
+  ``../shared/data`` is there);
+- **default run**: ``tmstarget DIR OUT participant`` as a user runs it (report and 1000-sample
+  bootstrap on), its stages and peak RSS (of the process tree, against one float32 copy of the BOLD);
+- **no report**: the same with ``--no-report``;
+- **1,000 participants**: one small participant (4 mm, 160 volumes) alone, then inside a tree of
+  1,000 fMRIPrep-shaped participants (``benchmarks/large_tree.py``, 66,000 files), the extra wall
+  time and peak RSS; and with a shared ``--bids-database-dir`` (its one-off build is timed too
+  when ``--database`` is given: minutes);
+- **--nprocs 1 vs 2** on two participants of two runs each (2 mm, 150 volumes), the ratio of wall
+  times.
 
-It also times the plain nilearn script of the same science (``benchmarks/nilearn_baseline.py``)
-and, when installed (``--contarg PATH`` to its ``contarg`` executable), ConTarg.
+Each figure is printed as a ratio against its goal (issue 13). ``--baselines`` also times the plain
+nilearn script of the same science (``benchmarks/nilearn_baseline.py``) and ConTarg when installed.
 """
 
 from __future__ import annotations
@@ -37,9 +45,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SPACE = "MNI152NLin2009cAsym"
-#: (runs, volumes per run): the two sizes of issue 8 first, then the scaling series.
-SIZES = [(1, 300), (2, 600), (1, 600), (1, 1200)]
-QUICK_SIZES = [(1, 300)]
 
 
 def machine():
@@ -108,16 +113,16 @@ def measure(command, env=None, cwd=None):
     return wall, peak[0] / 2**20, output, cpu
 
 
-def make_dataset(root, n_runs, n_volumes):
-    """A synthetic participant (cached in ``root``): returns its folder and truth."""
+def make_dataset(root, name, participants=("01",), n_runs=1, n_volumes=300, voxel_size=2.0):
+    """A synthetic fMRIPrep folder (made once, cached in ``root``): its path and truth."""
     from tmstarget.synthetic import make_fmriprep_dataset
 
-    folder = root / f"data_{n_runs}x{n_volumes}" / "fmriprep"
+    folder = root / name / "fmriprep"
     truth_file = folder / "tmstarget_synthetic_truth.json"
     if not truth_file.is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        make_fmriprep_dataset(folder, n_runs=n_runs, n_volumes=n_volumes, spaces=(SPACE,),
-                              voxel_size=2.0, seed=n_runs * 10_000 + n_volumes)
+        make_fmriprep_dataset(folder, participants=participants, n_runs=n_runs, n_volumes=n_volumes,
+                              spaces=(SPACE,), voxel_size=voxel_size, seed=n_runs * 10_000 + n_volumes)
     return folder, json.loads(truth_file.read_text())
 
 
@@ -153,119 +158,172 @@ def target_error(output_dir, truth):
 
 
 def run_tmstarget(data, scratch, flags, label):
+    """One ``tmstarget ... participant`` in a fresh process, fresh output and work dirs."""
     out, work = scratch / f"out_{label}", scratch / f"work_{label}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     wall, rss, _, cpu = measure([sys.executable, "-m", "tmstarget.cli", str(data), str(out),
                                  "participant", "-w", str(work), *flags], cwd=REPO)
-    return wall, rss, out, work, cpu
+    return dict(wall=wall, rss=rss, cpu=cpu, out=out, work=work)
+
+
+def repeated(repeats, run):
+    """``run()`` ``repeats`` times: the medians of wall, CPU and RSS, and the last result."""
+    results = [run() for _ in range(repeats)]
+    median = {key: float(np.median([r[key] for r in results])) for key in ("wall", "cpu", "rss")}
+    median["walls"] = [r["wall"] for r in results]
+    return {**results[-1], **median}
+
+
+def floor_time(bolds):
+    wall, rss, _, cpu = measure([sys.executable, "-c", FLOOR, *bolds])
+    return dict(wall=wall, rss=rss, cpu=cpu)
+
+
+def line(name, result, ratio=None, goal=None, extra=""):
+    text = f"{name:34s} {result['wall']:7.1f} s {result['cpu']:7.1f} s {result['rss']:7.0f} MB"
+    if ratio is not None:
+        verdict = "" if goal is None else ("  meets" if ratio <= goal else "  misses") + f" goal {goal:g}x"
+        text += f"  {ratio:5.2f}x{verdict}"
+    print(text + extra, flush=True)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="tmstarget participant-level benchmark")
-    parser.add_argument("--quick", action="store_true", help="1 x 300 volumes only")
-    parser.add_argument("--sizes", nargs="+", metavar="RUNSxVOLUMES",
-                        help="participants to time, e.g. 1x300 2x600 (default: 1x300 2x600 1x600 1x1200)")
+    parser = argparse.ArgumentParser(description="tmstarget benchmark (issue 13)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median kept)")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "tmstarget_bench",
-                        help="where the synthetic participants are made (kept between runs)")
-    parser.add_argument("--baselines", choices=["first", "all", "none"], default="first",
-                        help="time nilearn/ConTarg on the first size only (default), all, or none")
+                        help="where the synthetic data are made (kept between runs)")
+    parser.add_argument("--participants", type=int, default=1000, help="participants of the large tree")
+    parser.add_argument("--database", action="store_true",
+                        help="also build and time a shared --bids-database-dir of the large tree (minutes)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=["tree", "nprocs"],
+                        help="leave out a part")
+    parser.add_argument("--baselines", action="store_true", help="also time the nilearn script and ConTarg")
     parser.add_argument("--contarg", default=shutil.which("contarg"),
                         help="ConTarg's executable (default: on PATH)")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[],
-                        help="extra tmstarget flags, e.g. --flags --omp-nthreads 2")
+                        help="extra tmstarget flags for every run, e.g. --flags --omp-nthreads 2")
     args = parser.parse_args(argv)
-    # pybids reads datatypes from the whole path: keep the data away from folders named like one.
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    sizes = QUICK_SIZES if args.quick else SIZES
-    if args.sizes:
-        sizes = [tuple(int(n) for n in size.lower().split("x")) for size in args.sizes]
+    started = time.perf_counter()
+    print(f"# tmstarget benchmark (issue 13)\nmachine: {machine()}\nmedian of {args.repeats} run(s) "
+          "each; wall, CPU (user + system of the process tree), peak RSS")
+    summary = {}
 
-    help_text = subprocess.run([sys.executable, "-m", "tmstarget.cli", "--help"], capture_output=True,
-                               text=True, cwd=REPO).stdout
-    has_no_report = "--no-report" in help_text
-    print(f"# tmstarget participant benchmark\nmachine: {machine()}")
-    print("report flag: " + ("--no-report offered" if has_no_report else
-                             "no --no-report flag in this build: the graph has no report, run once"))
-    rows, scaling = [], []
-    for index, (n_runs, n_volumes) in enumerate(sizes):
-        label = f"{n_runs}x{n_volumes}"
-        print(f"\n## {n_runs} run(s) x {n_volumes} volumes (2 mm, TR 2 s)", flush=True)
-        data, truth = make_dataset(args.data_dir, n_runs, n_volumes)
-        bolds = sorted(str(p) for p in data.rglob(f"*space-{SPACE}_desc-preproc_bold.nii.gz"))
-        floor, floor_rss, _, floor_cpu = measure([sys.executable, "-c", FLOOR, *bolds])
-        array_mb = max(np.prod(__import__("nibabel").load(b).shape) * 4 for b in bolds) / 2**20
-        scratch = args.data_dir / f"runs_{label}"
-        scratch.mkdir(exist_ok=True)
-        no_report = ["--no-report"] if has_no_report else []
-        wall, rss, out, work, cpu = run_tmstarget(data, scratch, [*args.flags, *no_report], "noreport")
-        stages = stage_times(work)
-        error = target_error(out, truth)
-        if has_no_report:
-            wall_r, rss_r, _, _, cpu_r = run_tmstarget(data, scratch, args.flags, "report")
-        else:  # the same graph: running it twice would only measure the machine's noise
-            wall_r, rss_r, cpu_r = wall, rss, cpu
-        budget = 1.5 * array_mb + 500
-        print(f"{'':31s}{'wall':>9s} {'CPU':>8s} {'peak RSS':>10s}  wall/floor CPU/floor")
-        print(f"floor (nibabel float32 read)   {floor:7.1f} s {floor_cpu:6.1f} s {floor_rss:7.0f} MB")
-        print(f"participant, no report         {wall:7.1f} s {cpu:6.1f} s {rss:7.0f} MB  {wall / floor:6.2f}x "
-              f"{cpu / floor_cpu:6.2f}x  (goal <= 2; memory goal <= {budget:.0f} MB)")
-        print(f"participant, with report       {wall_r:7.1f} s {cpu_r:6.1f} s {rss_r:7.0f} MB  {wall_r / floor:6.2f}x "
-              f"{cpu_r / floor_cpu:6.2f}x  (report {100 * (wall_r - wall) / wall:+.0f} % wall, "
-              f"{100 * (cpu_r - cpu) / cpu:+.0f} % CPU; goal <= +30 %)")
-        print(f"target error vs planted        {error:7.1f} mm")
-        print("stages (s):")
-        for name, seconds in sorted(stages.items(), key=lambda kv: (kv[0].strip().split(".")[0], kv[0])):
-            if seconds >= 0.05:
-                print(f"  {name:30s} {seconds:7.2f}")
-        print(f"  {'startup, pybids, Nipype':30s} {wall - sum(v for k, v in stages.items() if not k.startswith(' ')):7.2f}")
-        row = dict(size=label, floor=floor, floor_rss=floor_rss, floor_cpu=floor_cpu, wall=wall, rss=rss,
-                   cpu=cpu, wall_r=wall_r, rss_r=rss_r, cpu_r=cpu_r, array_mb=array_mb, error=error)
-        if args.baselines == "all" or (args.baselines == "first" and index == 0):
-            t, m, output, _ = measure([sys.executable, str(HERE / "nilearn_baseline.py"), str(data)])
-            found = [line for line in output.splitlines() if line.startswith("target_mni")]
-            nilearn_error = (np.linalg.norm(np.array(found[-1].split()[1:], float) - truth["target_mni"])
-                             if found else float("nan"))
-            print(f"nilearn script                 {t:7.1f} s  {m:7.0f} MB   {t / floor:4.2f} x floor"
-                  f"  (target error {nilearn_error:.1f} mm)")
-            row.update(nilearn=t, nilearn_rss=m)
-            row.update(contarg_time(args.contarg, data, scratch, floor))
-        rows.append(row)
-        print("row: " + markdown_row(row), flush=True)
-        if n_runs == 1:
-            scaling.append((n_volumes, wall, cpu))
+    # 1. the default run against the floor
+    data, truth = make_dataset(args.data_dir, "one_2mm_300")
+    bolds = sorted(str(p) for p in data.rglob(f"*space-{SPACE}_desc-preproc_bold.nii.gz"))
+    bold_mb = max(np.prod(__import__("nibabel").load(b).shape) * 4 for b in bolds) / 2**20
+    scratch = args.data_dir / "runs"
+    scratch.mkdir(exist_ok=True)
+    print(f"\n## one participant, 1 run x 300 volumes, 2 mm (float32 BOLD {bold_mb:.0f} MB)")
+    print(f"{'':34s} {'wall':>9s} {'CPU':>9s} {'peak RSS':>10s}  wall/floor")
+    floor = repeated(args.repeats, lambda: floor_time(bolds))
+    line("floor (nibabel float32 read)", floor)
+    default = repeated(args.repeats, lambda: run_tmstarget(data, scratch, args.flags, "default"))
+    line("default run (report, bootstrap)", default, default["wall"] / floor["wall"], 1.5,
+         f"  CPU {default['cpu'] / floor['cpu']:.2f}x")
+    no_report = repeated(args.repeats, lambda: run_tmstarget(data, scratch, [*args.flags, "--no-report"],
+                                                             "noreport"))
+    line("--no-report", no_report, no_report["wall"] / floor["wall"], 1.2,
+         f"  CPU {no_report['cpu'] / floor['cpu']:.2f}x")
+    print(f"peak RSS {default['rss']:.0f} MB: {default['rss'] / bold_mb:.2f} of one float32 copy of the "
+          f"BOLD (goal < 1); target {target_error(default['out'], truth):.1f} mm from the planted one")
+    stages = stage_times(default["work"])
+    print("stages of the last default run (s): " + ", ".join(
+        f"{name.strip()} {seconds:.2f}" for name, seconds in
+        sorted(stages.items(), key=lambda kv: (kv[0].strip().split(".")[0], kv[0])) if seconds >= 0.05))
+    nodes = sum(v for k, v in stages.items() if not k.startswith(" "))
+    print(f"start-up, pybids, Nipype (wall less the steps): {default['walls'][-1] - nodes:.2f}")
+    summary.update(floor=floor, default=default, no_report=no_report, bold_mb=bold_mb)
+
+    # 2. the indexing tax of a large dataset
+    if "tree" not in args.skip:
+        small, _ = make_dataset(args.data_dir, "one_4mm_160", n_volumes=160, voxel_size=4.0)
+        tree = args.data_dir / "large_tree" / "fmriprep"
+        sys.path.insert(0, str(HERE))
+        from large_tree import make_large_tree
+
+        n_files = make_large_tree(tree, args.participants, real_dataset=small)
+        print(f"\n## one participant (4 mm, 160 volumes) alone and in a tree of {args.participants} "
+              f"participants ({n_files} files)")
+        flags = [*args.flags, "--participant-label", "01"]
+        alone = repeated(args.repeats, lambda: run_tmstarget(small, scratch, flags, "alone"))
+        line("alone", alone)
+        inside = repeated(args.repeats, lambda: run_tmstarget(tree, scratch, flags, "tree"))
+        line(f"in the {args.participants}-participant tree", inside,
+             extra=f"  {inside['wall'] - alone['wall']:+.1f} s, {inside['rss'] - alone['rss']:+.0f} MB "
+             f"(goal +2 s, +100 MB)")
+        summary.update(alone=alone, tree=inside, n_files=n_files)
+        if args.database:
+            database = args.data_dir / "large_tree_db"
+            shutil.rmtree(database, ignore_errors=True)
+            wall, rss, _, cpu = measure([sys.executable, "-m", "tmstarget.collect", str(tree), str(database)])
+            line("build --bids-database-dir (once)", dict(wall=wall, rss=rss, cpu=cpu))
+            shared = repeated(args.repeats, lambda: run_tmstarget(
+                tree, scratch, [*flags, "--bids-database-dir", str(database)], "database"))
+            line("in the tree, shared database", shared,
+                 extra=f"  {shared['wall'] - alone['wall']:+.1f} s, {shared['rss'] - alone['rss']:+.0f} MB")
+            summary.update(database=shared)
+
+    # 3. --nprocs on two participants
+    if "nprocs" not in args.skip:
+        two, _ = make_dataset(args.data_dir, "two_2mm_2x150", participants=("01", "02"), n_runs=2,
+                              n_volumes=150)
+        print("\n## two participants x 2 runs x 150 volumes, 2 mm")
+        repeats = max(1, min(args.repeats, 2))
+        one_proc = repeated(repeats, lambda: run_tmstarget(two, scratch, [*args.flags, "--nprocs", "1"],
+                                                           "np1"))
+        line("--nprocs 1", one_proc)
+        two_procs = repeated(repeats, lambda: run_tmstarget(two, scratch, [*args.flags, "--nprocs", "2"],
+                                                            "np2"))
+        line("--nprocs 2", two_procs, two_procs["wall"] / one_proc["wall"], 0.55, "  (of --nprocs 1)")
+        summary.update(np1=one_proc, np2=two_procs)
+
+    if args.baselines:
+        t, m, output, _ = measure([sys.executable, str(HERE / "nilearn_baseline.py"), str(data)])
+        found = [x for x in output.splitlines() if x.startswith("target_mni")]
+        error = (np.linalg.norm(np.array(found[-1].split()[1:], float) - truth["target_mni"])
+                 if found else float("nan"))
+        print(f"\nnilearn script {t:7.1f} s {m:7.0f} MB {t / floor['wall']:5.2f}x floor (target error "
+              f"{error:.1f} mm)")
+        contarg_time(args.contarg, data, scratch, floor["wall"])
 
     print("\n## summary (the README table)")
-    print(TABLE_HEADER)
-    for r in rows:
-        print(markdown_row(r))
-    if len(scaling) > 1:
-        print("\nscaling with volumes (1 run): " + ", ".join(
-            f"{v} vols {t:.1f} s wall, {c:.1f} s CPU ({1000 * c / v:.0f} ms CPU/vol)"
-            for v, t, c in sorted(scaling)))
-    by_size = {r["size"]: r for r in rows}
-    if "1x600" in by_size and "2x600" in by_size:
-        one, two = by_size["1x600"], by_size["2x600"]
-        print(f"scaling with runs (600 vols): 1 run {one['wall']:.1f} s wall, {one['cpu']:.1f} s CPU; "
-              f"2 runs {two['wall']:.1f} s wall, {two['cpu']:.1f} s CPU ({two['cpu'] / one['cpu']:.2f}x CPU)")
+    print(markdown_table(summary))
+    print(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 
-TABLE_HEADER = (
-    "| participant | floor: wall, CPU, RSS | tmstarget no report: wall (x floor), CPU (x floor) "
-    "| with report: wall, CPU | peak RSS (goal) | target error | nilearn script | ConTarg |\n"
-    "|---|---|---|---|---|---|---|---|")
-
-
-def markdown_row(r):
-    """One row of the README table."""
-    nil = (f"{r['nilearn']:.0f} s ({r['nilearn'] / r['floor']:.1f}x), {r['nilearn_rss']:.0f} MB"
-           if "nilearn" in r else "-")
-    return (f"| {r['size']} vols | {r['floor']:.1f} s, {r['floor_cpu']:.1f} s, {r['floor_rss']:.0f} MB "
-            f"| {r['wall']:.1f} s ({r['wall'] / r['floor']:.2f}x), {r['cpu']:.1f} s "
-            f"({r['cpu'] / r['floor_cpu']:.2f}x) | {r['wall_r']:.1f} s, {r['cpu_r']:.1f} s "
-            f"| {r['rss']:.0f} MB ({1.5 * r['array_mb'] + 500:.0f} MB) | {r['error']:.1f} mm "
-            f"| {nil} | {r.get('contarg', '-')} |")
+def markdown_table(s):
+    """The README's Performance table from the measurements."""
+    f, d, n = s["floor"], s["default"], s["no_report"]
+    rows = ["| what | wall (median) | CPU | peak RSS | ratio | goal |", "|---|---|---|---|---|---|",
+            f"| floor: nibabel reads the BOLD as float32 | {f['wall']:.1f} s | {f['cpu']:.1f} s "
+            f"| {f['rss']:.0f} MB | 1 | |",
+            f"| default run (report, bootstrap) | {d['wall']:.1f} s | {d['cpu']:.1f} s | {d['rss']:.0f} MB "
+            f"| {d['wall'] / f['wall']:.2f}x floor (CPU {d['cpu'] / f['cpu']:.2f}x) | 1.5x |",
+            f"| `--no-report` | {n['wall']:.1f} s | {n['cpu']:.1f} s | {n['rss']:.0f} MB "
+            f"| {n['wall'] / f['wall']:.2f}x floor (CPU {n['cpu'] / f['cpu']:.2f}x) | 1.2x |",
+            f"| peak RSS of the default run | | | {d['rss']:.0f} MB | {d['rss'] / s['bold_mb']:.2f} of the "
+            f"float32 BOLD ({s['bold_mb']:.0f} MB) | < 1 |"]
+    if "tree" in s:
+        a, t = s["alone"], s["tree"]
+        rows.append(f"| one participant in a 1,000-participant tree ({s['n_files']} files) vs alone "
+                    f"| {t['wall']:.1f} s vs {a['wall']:.1f} s | {t['cpu']:.1f} s vs {a['cpu']:.1f} s "
+                    f"| {t['rss']:.0f} vs {a['rss']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
+                    f"{t['rss'] - a['rss']:+.0f} MB | +2 s, +100 MB |")
+    if "database" in s:
+        a, t = s["alone"], s["database"]
+        rows.append(f"| the same with a shared `--bids-database-dir` | {t['wall']:.1f} s | {t['cpu']:.1f} s "
+                    f"| {t['rss']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
+                    f"{t['rss'] - a['rss']:+.0f} MB | |")
+    if "np1" in s:
+        one, two = s["np1"], s["np2"]
+        rows.append(f"| two participants x 2 runs: `--nprocs 2` vs `1` | {two['wall']:.1f} s vs "
+                    f"{one['wall']:.1f} s | {two['cpu']:.1f} s vs {one['cpu']:.1f} s | {two['rss']:.0f} vs "
+                    f"{one['rss']:.0f} MB | {two['wall'] / one['wall']:.2f}x | about 0.5x |")
+    return "\n".join(rows)
 
 
 def contarg_time(contarg, data, scratch, floor):

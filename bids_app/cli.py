@@ -102,6 +102,9 @@ def build_parser():
                    help='JSON of pybids filters by file kind, e.g. {"bold": {"acquisition": "mb"}}')
     g.add_argument("--config-file", type=_path, metavar="FILE",
                    help="options saved by an earlier run (sub-*/log/config.json); flags override it")
+    g.add_argument("--bids-database-dir", type=_path, metavar="DIR",
+                   help="pybids index of the fMRIPrep folder, shared by jobs over one dataset: read "
+                   "when DIR holds one, else built there once over all participants")
 
     g = parser.add_argument_group("denoising")
     g.add_argument("--confounds", choices=sorted(CONFOUND_STRATEGIES),
@@ -469,7 +472,7 @@ def _run(args, options):
     if output == source_dir or source_dir in output.parents:
         raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
                          "choose an output folder outside the input dataset")
-    layout = load_layout(source_dir)
+    layout = load_layout(source_dir, options.participant_label, getattr(args, "bids_database_dir", None))
     try:
         check_filters(layout, options.bids_filters)
     except InputError as err:

@@ -94,12 +94,157 @@ def find_fmriprep_dir(bids_dir, derivatives=None):
                      "fMRIPrep outputs with --derivatives fmriprep=PATH")
 
 
-def load_layout(fmriprep_dir):
-    """Index an fMRIPrep derivatives folder (no validation, no database written)."""
-    fmriprep_dir = Path(fmriprep_dir)
-    if not (fmriprep_dir / "dataset_description.json").is_file():
-        raise InputError(f"{fmriprep_dir} has no dataset_description.json: is it fMRIPrep's output folder?")
-    return BIDSLayout(str(fmriprep_dir), validate=False, config=["bids", "derivatives"])
+#: Never read by tmstarget, so never indexed (pybids matches these against the path below the
+#: dataset root, with a leading ``/``): fMRIPrep's figures and logs, FreeSurfer outputs, surfaces
+#: (GIFTI) and CIFTI files, HTML reports and images, plus pybids' own default ignores.
+NOT_INDEXED = tuple(re.compile(pattern) for pattern in (
+    r"^/(?:code|models|sourcedata|stimuli|logs)(?:/|$)",
+    r"^/sub-[^/]+/(?:ses-[^/]+/)?(?:figures|log)(?:/|$)",
+    r"\.(?:surf|shape|func|label)\.gii$",
+    r"\.d(?:tseries|scalar|label)\.nii$",
+    r"\.(?:html|svg|png|gif)$",
+    r"/\.",
+))
+
+#: pybids' entities that live in folder names: their patterns are searched in the whole absolute
+#: path, so a dataset below a folder named like a datatype (``/tmp/perf/...``) or a participant
+#: would get that folder's value. They are anchored to the dataset root here.
+_PATH_ENTITY_START = ("[/\\\\]+", "[_/\\\\]+")
+
+#: The database file pybids keeps in a ``database_path`` folder.
+DATABASE_FILE = "layout_index.sqlite"
+
+
+def _anchored_config(root):
+    """pybids' ``bids`` + ``derivatives`` configuration with entity patterns searched below ``root``.
+
+    pybids matches each entity's pattern anywhere in a file's absolute path, so the folders above
+    the dataset count: under ``/tmp/perf/fmriprep`` every file has datatype ``perf`` and no BOLD is
+    found. Each pattern that starts at a separator is prefixed with the escaped root, so only the
+    path below the dataset root is searched (from its first separator on: the original pattern
+    starts there); the entities and their other patterns are pybids'.
+    """
+    from bids.config import get_option
+
+    entities = []
+    for name in ("bids", "derivatives"):
+        config = json.loads(Path(get_option("config_paths")[name]).read_text())
+        for entity in config["entities"]:
+            entity = dict(entity)
+            if entity.get("pattern", "").startswith(_PATH_ENTITY_START):
+                entity["pattern"] = "^" + re.escape(str(root)) + "(?=[/\\\\]).*?" + entity["pattern"]
+            entities.append(entity)
+    return {"name": "tmstarget_fmriprep", "entities": entities}
+
+
+def _selected(root, participant_label):
+    """A pattern ignoring every ``sub-*`` folder and file at the root but the selected participants'."""
+    missing = [label for label in participant_label if not (root / f"sub-{label}").is_dir()]
+    if missing:
+        available = sorted(p.name[4:] for p in root.glob("sub-*") if p.is_dir())
+        raise InputError(f"participant(s) {', '.join(missing)} not found in {root} (available: "
+                         f"{', '.join(available) or 'none'})")
+    labels = "|".join(re.escape(label) for label in participant_label)
+    return re.compile(rf"^/sub-(?!(?:{labels})(?:/|$))")
+
+
+def load_layout(fmriprep_dir, participant_label=None, database_dir=None):
+    """Index an fMRIPrep derivatives folder: only what tmstarget may read (no validation).
+
+    Parameters
+    ----------
+    fmriprep_dir : path
+        The fMRIPrep derivatives folder (its ``dataset_description.json`` at the top).
+    participant_label : list of str, optional
+        Index only these participants' folders (labels without ``sub-``): a participant of a
+        dataset of 1,000 costs what it costs alone. All participants when empty.
+    database_dir : path, optional
+        A pybids database folder (fMRIPrep's ``--bids-database-dir``), shared by jobs over one
+        dataset: read when it holds an index of ``fmriprep_dir``, else built once over all
+        participants (never ``participant_label`` only, so that any job can reuse it) and moved
+        into place atomically (concurrent builders: the first one wins, the others use it).
+
+    Returns
+    -------
+    bids.BIDSLayout
+    """
+    from bids import BIDSLayout
+    from bids.layout.index import BIDSLayoutIndexer
+
+    root = Path(fmriprep_dir).absolute()
+    if not (root / "dataset_description.json").is_file():
+        raise InputError(f"{root} has no dataset_description.json: is it fMRIPrep's output folder?")
+    ignore = list(NOT_INDEXED)
+    if participant_label:
+        selected = _selected(root, participant_label)
+        if database_dir is None:
+            ignore.append(selected)
+
+    def index(database_path=None):
+        return BIDSLayout(str(root), validate=False, config=[_anchored_config(root)],
+                          indexer=BIDSLayoutIndexer(validate=False, ignore=ignore),
+                          database_path=database_path)
+
+    if database_dir is None:
+        return index()
+    database_dir = Path(database_dir).absolute()
+    if not (database_dir / DATABASE_FILE).is_file():
+        if root in database_dir.parents:
+            raise InputError(f"--bids-database-dir {database_dir} is inside the fMRIPrep folder {root}, "
+                             "which is never written to: choose a folder outside it")
+        _build_database(database_dir, index)
+    layout = BIDSLayout(database_path=str(database_dir))
+    if Path(layout.root).absolute() != root:
+        raise InputError(f"--bids-database-dir {database_dir} indexes {layout.root}, not {root}: give "
+                         "the database of this dataset, or a new folder to build one")
+    return layout
+
+
+def _build_database(database_dir, index):
+    """Index into a temporary folder beside ``database_dir``, then rename it into place."""
+    import shutil
+    import tempfile
+
+    database_dir.parent.mkdir(parents=True, exist_ok=True)
+    if database_dir.is_dir() and any(database_dir.iterdir()):
+        raise InputError(f"--bids-database-dir {database_dir} is a folder without a pybids index "
+                         f"({DATABASE_FILE}): give an empty or new folder, or an index built by "
+                         "tmstarget")
+    building = Path(tempfile.mkdtemp(prefix=f".{database_dir.name}-", dir=database_dir.parent))
+    try:
+        index(str(building))
+        try:
+            if database_dir.is_dir():
+                database_dir.rmdir()  # empty (checked above); a concurrent builder may fill it
+            building.rename(database_dir)
+        except OSError:
+            if not (database_dir / DATABASE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def build_database_main(argv=None):
+    """``python -m tmstarget.collect FMRIPREP_DIR DATABASE_DIR``: build the shared index once.
+
+    The first step of the SLURM recipe (``scripts/slurm/index.sbatch``); the array tasks then read
+    it with ``--bids-database-dir``.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tmstarget.collect",
+                                     description=build_database_main.__doc__.splitlines()[0])
+    parser.add_argument("fmriprep_dir", type=Path)
+    parser.add_argument("database_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        layout = load_layout(args.fmriprep_dir, database_dir=args.database_dir)
+    except InputError as err:
+        print(f"tmstarget: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.database_dir}: index of {layout.root} ({len(layout.get_subjects())} participants)")
+    return 0
 
 
 def source_version(layout):
@@ -260,7 +405,11 @@ GRID_TOLERANCE_MM = 0.01
 
 def check_filters(layout, filters):
     """Refuse ``--bids-filter-file`` entities pybids does not know (a typo in the file, e.g. ``acqusition``)."""
-    known = set(layout.get_entities(metadata=False))
+    if not filters:
+        return
+    # The entity names of the layout's configuration: asking the index for its entities would
+    # read every tag of every file (seconds for a shared database of a large dataset).
+    known = {name for config in layout.config.values() for name in config.entities}
     for kind, query in filters.items():
         if not isinstance(query, dict):
             raise InputError(f"--bids-filter-file: the value of {kind!r} must be a JSON object of "
@@ -432,3 +581,7 @@ def check_participant(inputs, options):
                              f"one fMRIPrep wrote for sub-{inputs.subject} in {inputs.space}")
     if inputs.native_t1w and inputs.native_t1w != inputs.t1w:
         read_image(inputs.native_t1w, "head T1w")
+
+
+if __name__ == "__main__":
+    raise SystemExit(build_database_main())

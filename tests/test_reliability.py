@@ -12,6 +12,7 @@ from tmstarget.workflows.reliability import (
     block_bootstrap_counts,
     grade_reliability,
     split_half_counts,
+    targets_of_maps,
     weighted_correlation,
 )
 from tmstarget.workflows.target import select_target
@@ -45,6 +46,28 @@ def test_weighted_correlation_equals_correlation_of_the_resampled_series():
         repeat = np.repeat(np.arange(40), c.astype(int))
         expected = [np.corrcoef(seed[repeat], timeseries[repeat, v])[0, 1] for v in range(6)]
         np.testing.assert_allclose(row, expected, atol=1e-10)
+
+
+def test_bootstrap_targets_are_select_target_map_by_map():
+    """The bootstrap's batched cluster selection is select_target, target for target, bit for bit."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    region = np.zeros((24, 26, 22), dtype=bool)
+    region[3:20, 4:22, 5:18] = rng.random((17, 18, 13)) < 0.7  # a ragged region, as grey matter is
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+    maps = ndimage.gaussian_filter(rng.normal(size=(60,) + region.shape), (0, 1.5, 1.5, 1.5))
+    maps[:20, 8:12, 9:14, 7:11] -= 0.5  # a planted cluster in a third of them
+    maps[20:25] = np.round(maps[20:25], 1)  # ties between voxels and clusters
+    rows = maps[:, region].astype(np.float32)
+    for method in ("cluster", "peak"):
+        xyz, ijk = targets_of_maps(rows, region, affine, method, 10.0)
+        for row, got_xyz, got_ijk in zip(rows, xyz, ijk):
+            volume = np.zeros(region.shape, dtype=np.float32)
+            volume[region] = row
+            expected = select_target(volume, region, affine, method, 10.0)
+            assert np.array_equal(got_ijk, expected["ijk"]) and np.array_equal(got_xyz, expected["xyz"])
+    assert len({tuple(t) for t in ijk}) > 5  # the maps differ: not one target for all
 
 
 def test_split_half_counts_balances_runs_and_halves_a_single_run():

