@@ -141,13 +141,17 @@ def test_memory_reaches_the_scheduler_in_gigabytes(one_run_dataset, tmp_path, mo
     seen = {}
 
     def fake_run(self, plugin=None, plugin_args=None, **kwargs):
-        seen.update(plugin=plugin, **{k: v for k, v in plugin_args.items() if k != "status_callback"})
+        # the MultiProc scheduler instance tmstarget hands to Nipype (tmstarget.execution)
+        from nipype.pipeline.plugins import MultiProcPlugin
+
+        seen.update(multiproc=isinstance(plugin, MultiProcPlugin), n_procs=plugin.processors,
+                    memory_gb=plugin.memory_gb, raise_insufficient=plugin.raise_insufficient)
         raise RuntimeError("stopped by the test")
 
     monkeypatch.setattr(Workflow, "run", fake_run)
     assert run_app(root, tmp_path / "out", "--nthreads", "2", "--mem", "4000",
                    work_dir=tmp_path / "work") == 1
-    assert seen == {"plugin": "MultiProc", "n_procs": 2, "raise_insufficient": False, "memory_gb": 4.0}
+    assert seen == {"multiproc": True, "n_procs": 2, "raise_insufficient": False, "memory_gb": 4.0}
 
 
 # --------------------------------------------------------------------------------------------
