@@ -109,7 +109,7 @@ class Options:
             "TargetSelection": {
                 "Method": self.target_method,
                 "Description": TARGET_METHODS[self.target_method],
-                "ClusterPercentile": self.cluster_percentile if self.target_method == "cluster" else None,
+                "ClusterPercentile": self.cluster_percentile if self.target_method in ("cluster", "snt") else None,
                 "References": [REFERENCES["Cash2021"]]
                 + ([REFERENCES["Cole2020"]] if self.target_method == "snt" else []),
             },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -115,6 +116,19 @@ def write_json(path, data, once=False):
     return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", once=once)
 
 
+def source_link(source_dir):
+    """The name that links the input dataset in ``DatasetLinks`` and in its BIDS URIs
+    (``bids:<name>:sub-01/...``): what made it, as its ``dataset_description.json`` says
+    (``GeneratedBy[0].Name``, e.g. ``fmriprep``), so the outputs never claim fMRIPrep made an input
+    it did not; ``input`` when the input names no maker."""
+    try:
+        data = json.loads((Path(source_dir) / "dataset_description.json").read_text())
+        name = str(data["GeneratedBy"][0]["Name"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "input"
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "input"
+
+
 def write_dataset_description(output_dir, source_dir, source_version=None):
     """``dataset_description.json`` and ``.bidsignore`` of the derivatives, each written once.
 
@@ -129,7 +143,8 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
     # this dataset, so the link survives moving both together, e.g. derivatives/fmriprep beside
     # derivatives/tmstarget), and SourceDatasets names it with the BIDS URI of its root.
     relative = os.path.relpath(Path(source_dir).resolve(), Path(output_dir).resolve())
-    source_uri = "bids:fmriprep:"
+    link = source_link(source_dir)
+    source_uri = f"bids:{link}:"
     description = {
         "Name": "tmstarget: connectivity-guided TMS targets",
         "BIDSVersion": BIDS_VERSION,
@@ -137,7 +152,7 @@ def write_dataset_description(output_dir, source_dir, source_version=None):
         "GeneratedBy": [{"Name": "tmstarget", "Version": __version__,
                          "CodeURL": "https://github.com/tmstarget/tmstarget"}],
         "SourceDatasets": [{"URL": source_uri, **({"Version": source_version} if source_version else {})}],
-        "DatasetLinks": {"fmriprep": urllib.parse.quote(Path(relative).as_posix())},
+        "DatasetLinks": {link: urllib.parse.quote(Path(relative).as_posix())},
     }
     write_json(path, description, once=True)
     # Not (yet) in the BIDS specification: the tms/ datatype (NIBS BEP), the run log, and the
@@ -208,7 +223,8 @@ def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
     prefix = f"sub-{subject}_space-T1w"
     t1w_img = nb.load(t1w_file)
     t1w_rel = source_relative(t1w_file, source_dir)
-    markers, coordsystem = exports.nibs_markers(poses, subject, t1w=t1w_rel)
+    markers, coordsystem = exports.nibs_markers(
+        poses, subject, t1w=f"bids:{source_link(source_dir)}:{Path(t1w_rel).as_posix()}")
     files = {
         tms / f"{prefix}_desc-brainsight_targets.txt": exports.brainsight_targets(
             poses, coordinate_system=exports.brainsight_coordinate_system(t1w_img)),
@@ -301,9 +317,10 @@ class ParticipantDerivatives(SimpleInterface):
                                   inputs.seed_name)
         runs = json.loads(Path(inputs.runs_file).read_text())
         source = Path(inputs.source_dir).resolve()
+        link = source_link(source)
 
         def source_uri(path):
-            return f"bids:fmriprep:{source_relative(path, source)}"
+            return f"bids:{link}:{source_relative(path, source)}"
 
         used = [source_uri(r["BoldFile"]) for r in runs if r["Used"]]
         runs_summary = [{"Source": source_uri(r["BoldFile"]), **{k: v for k, v in r.items()
@@ -367,6 +384,12 @@ class ParticipantDerivatives(SimpleInterface):
             if seed_quality["Cause"] and isinstance(extras.get("Reliability"), dict):
                 extras["Reliability"]["Cause"] = seed_quality["Cause"]
         exported = []
+        if not ("T1w" in [space for space, *_ in tables] and inputs.native_t1w):
+            extras["QualityWarnings"].append(
+                "no neuronavigation exports (Brainsight, Localite, NIBS-BIDS): they are written in "
+                "the participant's own T1w space, which needs fMRIPrep's native desc-preproc_T1w and "
+                "its T1w<->MNI transforms in the input; give fMRIPrep's anat outputs (or compute with "
+                "--space T1w)")
         for space, table_file, path, provenance in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")
             if "cluster_size" in table:

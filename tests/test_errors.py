@@ -244,12 +244,18 @@ def test_missing_t1w_still_gives_the_target_without_scalp(dataset, tmp_path, cap
     for t1w in (root / "sub-01" / "anat").glob("*desc-preproc_T1w.nii.gz"):
         t1w.unlink()
     assert run_app(root, tmp_path / "out", work_dir=tmp_path / "work") == 0
-    (warning,) = [r.message for r in caplog.records if r.levelname == "WARNING" and "T1w" in r.message]
-    assert "no desc-preproc_T1w" in warning and "scalp stage" in warning and "skipped" in warning
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    (scalp,) = [w for w in warnings if "scalp stage" in w]
+    assert "no desc-preproc_T1w" in scalp and "skipped" in scalp
     row = connectivity_row(tmp_path / "out", SPACE)
     assert distance_mm(row, truth["target_mni"]) <= 4.0
     assert "scalp_x" not in row.index
+    # no exports, and the user is told so: console, sidecar (the report shows the sidecar's list)
     assert not list((tmp_path / "out").rglob("*brainsight*"))
+    (exports,) = [w for w in warnings if "neuronavigation exports" in w]
+    sidecar = json.loads((tmp_path / "out" / "sub-01" / "tms" /
+                          f"sub-01_space-{SPACE}_targets.json").read_text())
+    assert exports.endswith(sidecar["QualityWarnings"][-1])
 
 
 # --------------------------------------------------------------------------------------------
