@@ -21,9 +21,9 @@ os.environ["NIPYPE_NO_ET"] = "1"
 
 from tmstarget import __version__  # noqa: E402
 from tmstarget.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
+from tmstarget.workflows.defaults import SPACES  # noqa: E402
 
 LOGGER = logging.getLogger("tmstarget")
-SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "T1w")
 
 
 class UsageError(Exception):

@@ -20,8 +20,8 @@ import pandas as pd
 from bids import BIDSLayout
 from bids.layout import Query
 
-MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
-SPACES = MNI_SPACES + ("T1w",)
+from tmstarget.workflows.defaults import MNI_SPACES, SPACES  # noqa: F401  (tmstarget.collect.SPACES)
+
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 
 

@@ -34,9 +34,7 @@ import pandas as pd
 from tmstarget.collect import InputError
 from tmstarget.config import GROUP_OPTIMAL_MNI
 from tmstarget.derivatives import atomic_write, sidecar, write_json, write_text
-
-#: Spaces whose coordinates may be drawn on the MNI glass brain.
-MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
+from tmstarget.workflows.defaults import MNI_SPACES  # spaces drawn on the MNI glass brain
 
 
 def find_participant_targets(output_dir, participant_label=None):

@@ -5,6 +5,17 @@ import pytest
 from helpers import FAST, run_app
 from tmstarget.synthetic import make_fmriprep_dataset
 
+#: Fixtures that generate a dataset or run the whole pipeline: a test that uses one is ``slow``
+#: (the fast loop, ``pytest -m "not slow"``, leaves it out). Tests that make their own dataset or
+#: start a subprocess carry the marker themselves.
+SLOW_FIXTURES = {"one_run_dataset", "three_run_dataset", "mni_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def one_run_dataset(tmp_path_factory):

@@ -15,6 +15,9 @@ from nipype.pipeline import engine as pe
 
 from tmstarget.workflows.base import init_tmstarget_wf
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 
 

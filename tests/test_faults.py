@@ -26,6 +26,9 @@ from helpers import (
 )
 from tmstarget.participant import participant_work_dir
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 
 

@@ -31,6 +31,9 @@ import pytest
 from tmstarget.synthetic import _Grid, _write_itk_h5
 from helpers import connectivity_row, run_app
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 ROTATION = nb.eulerangles.euler2mat(np.deg2rad(20.0), 0.0, np.deg2rad(15.0))  # about z, then x
 

@@ -18,6 +18,9 @@ import pytest
 from helpers import assert_same_outputs, cli_command, cli_environment, run_app
 from tmstarget.participant import participant_work_dir
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 
 

@@ -22,6 +22,9 @@ import pytest
 
 from helpers import SHARED, assert_same_outputs, cli_command, cli_environment, tree_digest
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 
 #: Installs the audit hook, then runs the CLI module with the remaining arguments.

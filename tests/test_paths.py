@@ -21,6 +21,9 @@ from tmstarget import cli
 from tmstarget.config import DLPFC_RADIUS_MM, DLPFC_SITES_MNI, SGACC_CENTER_MNI, SGACC_RADIUS_MM
 from tmstarget.derivatives import participant_paths
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 MNI = "MNI152NLin2009cAsym"
 #: a space and characters outside ASCII, in every folder the tests make
 ODD = "dossier é ü 数据"

@@ -10,6 +10,9 @@ from bids import BIDSLayout
 
 from helpers import connectivity_row, distance_mm, run_app
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 SPACE = "MNI152NLin2009cAsym"
 
 

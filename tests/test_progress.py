@@ -4,6 +4,9 @@ import pytest
 
 from helpers import run_app
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 
 def _step_lines(caplog):
     return [r.getMessage() for r in caplog.records if r.name == "tmstarget" and r.getMessage().startswith("sub-01  ")]

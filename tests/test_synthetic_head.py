@@ -26,6 +26,9 @@ from tmstarget.workflows.surface import snap_to_scalp
 from tmstarget.workflows.transforms import map_points
 from helpers import REAL_DATA
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 FIDUCIAL_NAMES = ("Nz", "Iz", "LPA", "RPA")
 ON_SKIN_MM = 3.0   # the template's own fiducials lie 0.5-2 mm from its 2 mm scalp mesh
 # Adult heads (cm): nasion-inion, tragus-tragus and circumference at the 10 % level. Ranges

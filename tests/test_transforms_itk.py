@@ -22,6 +22,9 @@ from tmstarget.synthetic import make_fmriprep_dataset
 from tmstarget.workflows.transforms import map_points
 from helpers import REAL_DATA
 
+#: Each test here runs the pipeline (or a dataset generation) end to end.
+pytestmark = pytest.mark.slow
+
 TOLERANCE_MM = 0.1
 LPS = np.array([-1.0, -1.0, 1.0])   # RAS <-> LPS: negate x and y
 SPACE = "MNI152NLin2009cAsym"

@@ -158,6 +158,11 @@ LOW_PASS_HZ = 0.1
 SMOOTHING_FWHM_MM = 6.0
 #: Seed name used in file names (desc-<name>).
 SEED_NAME = "sgACC"
+
+#: The spaces tmstarget computes in: fMRIPrep's two MNI templates (the published coordinates above
+#: are used as they are in both; they differ by a few mm at most) and the participant's T1w.
+MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
+SPACES = MNI_SPACES + ("T1w",)
 #: Target selection (a key of TARGET_METHODS) and its share of the most negative voxels (%).
 TARGET_METHOD = "cluster"
 CLUSTER_PERCENTILE = 10.0

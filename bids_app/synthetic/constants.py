@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tmstarget.config import DLPFC_SITES_MNI, SGACC_CENTER_MNI
+from tmstarget.workflows.defaults import DLPFC_SITES_MNI, MNI_SPACES, SGACC_CENTER_MNI  # noqa: F401
 
 PLANTED_TARGET_MNI = (-40.0, 40.0, 30.0)
 """Default planted DLPFC target, MNI152NLin2009cAsym mm RAS (near BA46)."""
@@ -12,7 +12,6 @@ SGACC_MNI = SGACC_CENTER_MNI
 """Subgenual cingulate seed centre, MNI mm RAS (Fox et al. 2012)."""
 
 TEMPLATE = "MNI152NLin2009cAsym"
-MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
 N_NON_STEADY = 3
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 TRUTH_FILE = "tmstarget_synthetic_truth.json"
