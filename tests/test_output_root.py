@@ -23,6 +23,9 @@ def test_concurrent_participants_write_the_root_files_once(tmp_path):
     source, out = tmp_path / "fmriprep", tmp_path / "out"
     source.mkdir()
     out.mkdir()
+    (source / "dataset_description.json").write_text(json.dumps({
+        "Name": "fMRIPrep outputs", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]}))
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(WRITERS)
     workers = [context.Process(target=_participant, args=(out, source, barrier, 200))

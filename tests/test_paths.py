@@ -105,7 +105,7 @@ def test_relative_paths_for_every_option_from_another_folder(one_run_dataset, mn
     # No absolute path of this machine in the dataset description: the link is relative.
     description = json.loads((out / "dataset_description.json").read_text())
     assert "file://" not in json.dumps(description) and str(tmp_path) not in json.dumps(description)
-    link = description["DatasetLinks"]["fmriprep"]
+    (link,) = description["DatasetLinks"].values()
     from urllib.parse import unquote
 
     assert (out / unquote(link)).resolve() == (data / "fmriprep ü").resolve()
