@@ -8,7 +8,7 @@ from tmstarget.synthetic import make_fmriprep_dataset
 #: Fixtures that generate a dataset or run the whole pipeline: a test that uses one is ``slow``
 #: (the fast loop, ``pytest -m "not slow"``, leaves it out). Tests that make their own dataset or
 #: start a subprocess carry the marker themselves.
-SLOW_FIXTURES = {"one_run_dataset", "three_run_dataset", "mni_run"}
+SLOW_FIXTURES = {"one_run_dataset", "three_run_dataset", "mni_run", "strong_and_weak", "cohort"}
 
 
 def pytest_collection_modifyitems(items):
