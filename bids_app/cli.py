@@ -574,7 +574,6 @@ def _planted_targets(source_dir, subject):
 def _report(inputs, options, output_dir, seconds, source_dir=None):
     """The participant's target on the console, and every warning of its steps, once each."""
     import numpy as np
-
     import pandas as pd
 
     from tmstarget.derivatives import participant_paths, sidecar, targets_path
