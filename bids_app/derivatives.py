@@ -212,8 +212,11 @@ def coil_poses(table):
     return poses
 
 
-def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
-    """Brainsight, Localite and NIBS-BIDS files of the T1w-space coil poses."""
+def write_navigation_exports(output_dir, subject, table, t1w_file, t1w_uri):
+    """Brainsight, Localite and NIBS-BIDS files of the T1w-space coil poses.
+
+    ``t1w_uri`` is the BIDS URI of ``t1w_file`` in the input dataset (the T1w the NIBS-BIDS
+    coordinates are intended for)."""
     from tmstarget import exports
 
     poses = coil_poses(table)
@@ -222,9 +225,7 @@ def write_navigation_exports(output_dir, subject, table, t1w_file, source_dir):
     tms = Path(output_dir) / f"sub-{subject}" / "tms"
     prefix = f"sub-{subject}_space-T1w"
     t1w_img = nb.load(t1w_file)
-    t1w_rel = source_relative(t1w_file, source_dir)
-    markers, coordsystem = exports.nibs_markers(
-        poses, subject, t1w=f"bids:{source_link(source_dir)}:{Path(t1w_rel).as_posix()}")
+    markers, coordsystem = exports.nibs_markers(poses, subject, t1w=t1w_uri)
     files = {
         tms / f"{prefix}_desc-brainsight_targets.txt": exports.brainsight_targets(
             poses, coordinate_system=exports.brainsight_coordinate_system(t1w_img)),
@@ -399,7 +400,7 @@ class ParticipantDerivatives(SimpleInterface):
                     {True: "true", False: "false"}).fillna("n/a")
             if space == "T1w" and inputs.native_t1w:
                 exported = write_navigation_exports(inputs.output_dir, inputs.subject, table,
-                                                    inputs.native_t1w, inputs.source_dir)
+                                                    inputs.native_t1w, source_uri(inputs.native_t1w))
             # mm and Fisher z to 2 decimals, unit axes to 4
             table = table.round({c: 4 if c in sum(AXIS_COLUMNS.values(), ()) else 2 for c in table.columns})
             atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
