@@ -59,7 +59,18 @@ class ParticipantInputs:
     other_space: str | None = None
     #: maps points of the BOLD space into ``other_space``
     to_other_xfm: str | None = None
+    #: maps points of ``other_space`` into the BOLD space
+    from_other_xfm: str | None = None
+    #: grey matter of the participant's own T1w (label-GM_probseg or dseg without space)
+    native_gm: str | None = None
     source_version: str | None = None
+
+    @property
+    def native_head(self) -> bool:
+        """Whether the navigation plan can be made on the participant's own head in an MNI
+        computation: the native T1w, its grey matter and both T1w<->space transforms."""
+        return bool(self.space != "T1w" and self.native_t1w and self.native_gm
+                    and self.other_space == "T1w" and self.to_other_xfm and self.from_other_xfm)
 
 
 def clean_label(label, what="participant"):
@@ -360,12 +371,17 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
     t1w_files = _anat(layout, subject, space, filters.get("t1w", {}), desc="preproc", suffix="T1w")
     native_t1w = (t1w_files if space == "T1w" else
                   _anat(layout, subject, "T1w", filters.get("t1w", {}), desc="preproc", suffix="T1w"))
-    gm_files = (_anat(layout, subject, space, {}, label="GM", suffix="probseg")
-                or _anat(layout, subject, space, {}, suffix="dseg", label=Query.NONE))
+    def grey_matter(in_space):
+        return (_anat(layout, subject, in_space, {}, label="GM", suffix="probseg")
+                or _anat(layout, subject, in_space, {}, suffix="dseg", label=Query.NONE))
+
+    gm_files = grey_matter(space)
+    native_gm = gm_files if space == "T1w" else grey_matter("T1w")
     inputs = ParticipantInputs(
         subject=subject, space=space, runs=runs,
         t1w=t1w_files[0].path if t1w_files else None,
         native_t1w=native_t1w[0].path if native_t1w else None,
+        native_gm=native_gm[0].path if native_gm else None,
         gm=_one(gm_files, f"grey-matter map (label-GM_probseg or dseg) for sub-{subject} in space {space}",
                 f"run fMRIPrep with --output-spaces {space} (anatomical outputs are needed)"),
         source_version=source_version(layout),
@@ -385,11 +401,14 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
         inputs.from_mni_xfm = _one(xfm("T1w", "MNI152NLin2009cAsym"),
                                    f"transform from T1w to MNI152NLin2009cAsym for sub-{subject}", fix)
         inputs.other_space, inputs.to_other_xfm = "MNI152NLin2009cAsym", inputs.to_mni_xfm
+        inputs.from_other_xfm = inputs.from_mni_xfm
     else:
-        # Optional: without it, targets are reported in the computation space only.
-        to_t1w = xfm("T1w", space)
+        # Optional: without them, targets are reported in the computation space only (no T1w
+        # table), or planned on the MNI-space head (no transform back).
+        to_t1w, from_t1w = xfm("T1w", space), xfm(space, "T1w")
         if to_t1w:
             inputs.other_space, inputs.to_other_xfm = "T1w", to_t1w[0].path
+            inputs.from_other_xfm = from_t1w[0].path if from_t1w else None
     return inputs
 
 
@@ -581,6 +600,9 @@ def check_participant(inputs, options):
                              f"one fMRIPrep wrote for sub-{inputs.subject} in {inputs.space}")
     if inputs.native_t1w and inputs.native_t1w != inputs.t1w:
         read_image(inputs.native_t1w, "head T1w")
+    if inputs.native_head:  # the plan is made on the native head: its grey matter is needed too
+        _data_3d(read_image(inputs.native_gm, "grey-matter map"), inputs.native_gm, "grey-matter map",
+                 "give fMRIPrep's 3-D anatomical output")
 
 
 if __name__ == "__main__":

@@ -239,6 +239,25 @@ def write_navigation_exports(output_dir, subject, table, t1w_file, t1w_uri):
     return [*files, tms / f"{prefix}_markers.json", tms / f"{prefix}_coordsystem.json"]
 
 
+#: What ``PlanSpace`` in a targets sidecar means.
+PLAN_SPACE_DESCRIPTION = (
+    "The space of the head the scalp stage was computed on: scalp points, coil poses, depths, "
+    "dose adjustments, fiducials, 10-20 and Beam F3, the 5 cm rule and the head measurements. "
+    "T1w: the participant's own head (fMRIPrep's desc-preproc_T1w); a table in another space has "
+    "these points mapped into it and the depths, doses and measurements of that head.")
+
+
+def scalp_based(measurements_file):
+    """The sidecar's ``ScalpBasedTargets`` from a scalp stage's measurements JSON (points in the
+    table's own space); nothing without one."""
+    if not measurements_file:
+        return {}
+    measurements = json.loads(Path(measurements_file).read_text())
+    # its warnings are in the sidecar's one QualityWarnings list (collected by the graph)
+    measurements.pop("QualityWarnings", None)
+    return {"ScalpBasedTargets": measurements}
+
+
 def data_sufficiency(runs):
     """How much data the target rests on: per run and in total, used runs only for the totals.
 
@@ -296,6 +315,11 @@ class _SinkInputSpec(ParticipantOutputsInputSpec):
     other_space = traits.Str(desc="the space the targets are also given in")
     other_targets_file = File(exists=True, desc="the targets in other_space")
     other_xfm = File(exists=True, desc="the transform used to map the targets to other_space")
+    from_other_xfm = File(exists=True, desc="the transform used to map a plan made in other_space "
+                          "back into space")
+    plan_space = traits.Str(desc="the space of the head the scalp stage was computed on")
+    other_measurements_file = File(exists=True, desc="measurements_file with its points in "
+                                   "other_space")
     reliability_file = File(exists=True, desc="JSON: split-half and bootstrap reliability")
     frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
     quality_warnings = traits.List(traits.Str, desc="every step's warnings, one line each")
@@ -360,21 +384,26 @@ class ParticipantDerivatives(SimpleInterface):
                 "Type": "ROI",
             })
 
-        tables = [(inputs.space, inputs.targets_file, paths["targets"], {})]
+        # Each table's provenance: where its scalp plan was made and what was mapped into it.
+        plan = ({"PlanSpace": inputs.plan_space, "PlanSpaceDescription": PLAN_SPACE_DESCRIPTION}
+                if inputs.plan_space else {})
+        tables = [(inputs.space, inputs.targets_file, paths["targets"], dict(plan),
+                   inputs.measurements_file)]
         if inputs.other_targets_file:
+            if inputs.plan_space == inputs.other_space:  # planned on the native head, mapped back
+                tables[0][3].update(MappedFrom=inputs.other_space,
+                                    Transform=source_uri(inputs.from_other_xfm))
+                mapped = {"TargetMappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}
+            else:
+                mapped = {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}
             tables.append((inputs.other_space, inputs.other_targets_file,
                            targets_path(inputs.output_dir, inputs.subject, inputs.other_space),
-                           {"MappedFrom": inputs.space, "Transform": source_uri(inputs.other_xfm)}))
+                           {**plan, **mapped}, inputs.other_measurements_file))
         extras = {"DataSufficiency": data_sufficiency(runs_summary),
                   # the graph's warnings (tmstarget.workflows.quality): one line each, none is []
                   "QualityWarnings": list(inputs.quality_warnings or [])}
         if inputs.reliability_file:
             extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
-        if inputs.measurements_file:
-            scalp_based = json.loads(Path(inputs.measurements_file).read_text())
-            # its warnings are in the sidecar's one QualityWarnings list (collected by the graph)
-            scalp_based.pop("QualityWarnings", None)
-            extras["ScalpBasedTargets"] = scalp_based
         if inputs.seed_quality_file:
             seed_quality = json.loads(Path(inputs.seed_quality_file).read_text())
             for run in seed_quality["PerRun"]:
@@ -391,7 +420,7 @@ class ParticipantDerivatives(SimpleInterface):
                 "the participant's own T1w space, which needs fMRIPrep's native desc-preproc_T1w and "
                 "its T1w<->MNI transforms in the input; give fMRIPrep's anat outputs (or compute with "
                 "--space T1w)")
-        for space, table_file, path, provenance in tables:
+        for space, table_file, path, provenance, measurements_file in tables:
             table = pd.read_csv(table_file, sep="\t", na_values="n/a")
             if "cluster_size" in table:
                 table["cluster_size"] = table["cluster_size"].astype("Int64")
@@ -413,6 +442,7 @@ class ParticipantDerivatives(SimpleInterface):
                 **provenance,
                 **inputs.parameters,
                 **extras,
+                **scalp_based(measurements_file),
             })
         write_text(paths["config"], inputs.config + "\n")
         self._results["out_files"] = ([str(p) for p in paths.values() if p.is_file()] + [str(t[2]) for t in tables[1:]]

@@ -70,15 +70,19 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     """
     workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
     other_space = inputs.other_space if inputs.to_other_xfm else None
+    scalp = bool(inputs.t1w or inputs.native_head)
     science = init_tmstarget_wf(
-        len(inputs.runs), scalp=bool(inputs.t1w), other_space=other_space,
+        len(inputs.runs), space=inputs.space, scalp=scalp, native_head=inputs.native_head,
+        other_space=other_space,
         # the face reads the headers (the graph never does): the scheduler's memory estimate
         denoise_mem_gb=[denoise_mem_gb(run.bold, run.mask) for run in inputs.runs],
         name=SCIENCE_WF_NAME, **science_parameters(options))
     given = dict(bold_files=[run.bold for run in inputs.runs], mask_files=[run.mask for run in inputs.runs],
                  t_rs=[run.t_r for run in inputs.runs], gm_file=inputs.gm, t1w_file=inputs.t1w,
                  to_mni_xfm=inputs.to_mni_xfm, from_mni_xfm=inputs.from_mni_xfm,
-                 to_other_xfm=inputs.to_other_xfm)
+                 to_other_xfm=inputs.to_other_xfm, from_other_xfm=inputs.from_other_xfm)
+    if inputs.native_head:
+        given.update(native_t1w_file=inputs.native_t1w, native_gm_file=inputs.native_gm)
     for field, value in given.items():
         if value:
             setattr(science.inputs.inputnode, field, value)
@@ -96,12 +100,18 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
                "seed_quality_file", "quality_warnings"]
     if options.bootstrap_samples:
         outputs.append("frequency_file")
-    if inputs.t1w:
+    if scalp:
         outputs.append("measurements_file")
+        # the space of the head the plan was made on (its own table, the others mapped from it)
+        sink.inputs.plan_space = "T1w" if inputs.native_head else inputs.space
     if other_space:
         sink.inputs.other_space = other_space
         sink.inputs.other_xfm = inputs.to_other_xfm
         outputs.append("other_targets_file")
+        if scalp:
+            outputs.append("other_measurements_file")
+        if inputs.native_head:
+            sink.inputs.from_other_xfm = inputs.from_other_xfm
     workflow.connect([(science, sink, [(f"outputnode.{field}", field) for field in outputs])])
 
     if report:
@@ -120,7 +130,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
             (science, report_node, [("outputnode.info_files", "info_files"),
                                     ("outputnode.carpet_files", "carpet_files")]),
         ])
-        if inputs.t1w:
+        if scalp:
             workflow.connect(science, "outputnode.mesh_file", report_node, "mesh_file")
     return workflow
 

@@ -443,7 +443,7 @@ def test_interface_maps_mni_points_through_the_transform(tmp_path, monkeypatch):
         calls.append(str(xfm_file))
         return np.atleast_2d(points) + shift
 
-    monkeypatch.setattr("tmstarget.workflows.transforms.map_points", fake_map_points)
+    monkeypatch.setattr("tmstarget.workflows.comparators.map_points", fake_map_points)
     table, measurements = run_interface(tmp_path / "shifted", from_mni_xfm=str(xfm),
                                         **shifted_files)
     assert calls == [str(xfm)]

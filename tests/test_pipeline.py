@@ -47,7 +47,8 @@ def test_targets_are_also_given_in_t1w_space(mni_run):
         np.testing.assert_allclose([t1w[f"coil_{axis}axis_{c}"] for c in "xyz"],
                                    direction / np.linalg.norm(direction), atol=1e-3)
     sidecar = json.loads((out / "sub-01" / "tms" / "sub-01_space-T1w_targets.json").read_text())
-    assert sidecar["Space"] == "T1w" and sidecar["MappedFrom"] == SPACE
+    # the plan is made on the native head; the target was mapped into it from the computation
+    assert sidecar["Space"] == sidecar["PlanSpace"] == "T1w" and sidecar["TargetMappedFrom"] == SPACE
     assert sidecar["Transform"].endswith("sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5")
 
 

@@ -119,7 +119,7 @@ def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them
 
 
 def test_report_without_head_t1w(mni_run, tmp_path):
-    """Without a head T1w there is no scalp stage: the report says so and draws no head."""
+    """Without the scalp mesh the report draws no head and says why."""
     from tmstarget.reports import write_participant_report
 
     out, work, _ = mni_run
@@ -132,7 +132,7 @@ def test_report_without_head_t1w(mni_run, tmp_path):
                                        [denoise / "carpet.npz"],
                                        [bold.split("_space-")[0] + "_desc-confounds_timeseries.tsv"])
     page = written[0].read_text()
-    assert "No head T1w was found" in page
+    assert "the head figure is missing" in page
     assert not list((copy / "sub-01" / "figures").glob("*head*")) and "id='head'" not in page
     assert all((copy / src).is_file() for src in re.findall(r"<img src='([^']+)'", page))
 

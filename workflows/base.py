@@ -5,9 +5,15 @@
     per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
                           -> TargetReliability (split half, block bootstrap)
+                          -> [MapTargets into T1w] -> SnapToGreyMatter
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                                    -> MapTargets (T1w <-> MNI)
                           -> QualityChecks, CollectWarnings (every step's warnings)
+
+The scalp stage (the navigation plan) runs on the participant's own head whenever there is one
+(``native_head``): a target computed in MNI is mapped into T1w, put in the native grey matter,
+planned on the native scalp, and the plan mapped back for the MNI table. The patient's quantities
+(depths, doses, head measurements) are then those of the native head in both tables.
 
 Nothing here imports the face (:mod:`tmstarget.config`, the derivatives sink, the report): the
 command line wraps :func:`init_tmstarget_wf` in :func:`tmstarget.participant.init_participant_wf`,
@@ -30,16 +36,17 @@ from tmstarget.workflows.reliability import TargetReliability
 from tmstarget.workflows.scalp import ScalpProjection
 from tmstarget.workflows.seed_quality import SeedQuality
 from tmstarget.workflows.seed import SeedTimeseries
-from tmstarget.workflows.target import SelectTarget
+from tmstarget.workflows.target import SelectTarget, SnapToGreyMatter
 from tmstarget.workflows.transforms import MapTargets
 
 #: Files of a participant on the ``inputnode`` of :func:`init_tmstarget_wf`.
 INPUT_FIELDS = ["bold_files", "mask_files", "t_rs", "gm_file", "t1w_file", "to_mni_xfm",
-                "from_mni_xfm", "to_other_xfm"]
+                "from_mni_xfm", "to_other_xfm", "from_other_xfm", "native_t1w_file", "native_gm_file"]
 
 #: What :func:`init_tmstarget_wf` gives on its ``outputnode``.
 OUTPUT_FIELDS = ["targets_file", "other_targets_file", "z_file", "seed_file", "search_file",
-                 "runs_file", "reliability_file", "frequency_file", "measurements_file", "mesh_file",
+                 "runs_file", "reliability_file", "frequency_file", "measurements_file",
+                 "other_measurements_file", "mesh_file",
                  "info_files", "carpet_files", "seed_quality_file", "quality_warnings", "warnings_file"]
 
 #: What each run's workflow hands to the participant level.
@@ -148,7 +155,9 @@ def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESH
 def init_tmstarget_wf(
     n_runs=1,
     *,
+    space="MNI152NLin2009cAsym",
     scalp=True,
+    native_head=False,
     other_space=None,
     confounds=defaults.CONFOUNDS,
     fd_threshold=defaults.FD_THRESHOLD_MM,
@@ -195,8 +204,18 @@ def init_tmstarget_wf(
     ----------
     n_runs : int
         Number of BOLD runs (the length of the inputnode's list fields).
+    space : str
+        The runs' space (the computation space): ``T1w`` or one of
+        :data:`tmstarget.workflows.defaults.MNI_SPACES`.
     scalp : bool
-        Build the scalp stage (needs ``t1w_file``): scalp points, coil poses, comparators.
+        Build the scalp stage (needs ``t1w_file``, or the native head with ``native_head``):
+        scalp points, coil poses, comparators.
+    native_head : bool
+        Plan on the participant's own head, in an MNI computation (needs ``other_space`` "T1w",
+        ``native_t1w_file``, ``native_gm_file``, ``to_other_xfm`` and ``from_other_xfm``): the
+        target is mapped into T1w and put in its grey matter, the scalp stage runs there, and its
+        plan is mapped back for the computation space's table. False in an MNI computation: the
+        plan is made on the MNI-space head T1w (a head warped to the template), with a warning.
     other_space : str or None
         Also give the targets in this space (needs ``to_other_xfm``), e.g. ``T1w`` for a run
         computed in MNI152NLin2009cAsym.
@@ -251,7 +270,10 @@ def init_tmstarget_wf(
     gm_file
         Grey matter in the runs' space: GM probseg, or fMRIPrep's dseg (label 1 = GM).
     t1w_file
-        Head T1w (not skull-stripped) in the runs' space (with ``scalp``).
+        Head T1w (not skull-stripped) in the runs' space (with ``scalp`` and not ``native_head``).
+    native_t1w_file, native_gm_file
+        The participant's own head T1w and grey matter (fMRIPrep's ``desc-preproc_T1w`` and
+        ``label-GM_probseg`` or ``dseg`` without ``space-``; with ``native_head``).
     to_mni_xfm
         Transform mapping points of the runs' space into MNI152NLin2009cAsym; not set when the
         runs are in an MNI space.
@@ -259,6 +281,8 @@ def init_tmstarget_wf(
         The reverse (with ``scalp``, for the 10-20 fiducials); not set in an MNI space.
     to_other_xfm
         Transform mapping points of the runs' space into ``other_space``.
+    from_other_xfm
+        The reverse (with ``native_head``: the plan is mapped back with it).
 
     Outputs
     -------
@@ -278,9 +302,12 @@ def init_tmstarget_wf(
     frequency_file
         Fraction of bootstrap samples choosing each voxel (with ``bootstrap_samples``).
     measurements_file
-        JSON: head measurements and the scalp-based methods (with ``scalp``).
+        JSON: head measurements and the scalp-based methods (with ``scalp``), points in the runs'
+        space.
+    other_measurements_file
+        The same with its points in ``other_space``.
     mesh_file
-        Scalp mesh (with ``scalp``).
+        Scalp mesh of the head the plan was made on (with ``scalp``).
     info_files, carpet_files
         Per run: the denoising summary and the carpet-plot sample.
     seed_quality_file
@@ -291,6 +318,10 @@ def init_tmstarget_wf(
     warnings_file
         The same as a JSON list.
     """
+    if native_head and (space == "T1w" or other_space != "T1w"):
+        raise ValueError("native_head plans on the participant's T1w for a computation in an MNI "
+                         f"space: it needs other_space='T1w' (space={space!r}, "
+                         f"other_space={other_space!r})")
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS, mandatory_inputs=False),
                         name="inputnode")
@@ -374,39 +405,92 @@ def init_tmstarget_wf(
         (seed_quality, outputnode, [("quality_file", "seed_quality_file")]),
     ])
 
-    # The final targets table of the computation space, whatever stages ran.
-    targets = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="targets")
+    # The target in grey matter, on the head it is planned on: mapped into the participant's own
+    # T1w first when the plan is made there.
     notes = []
+    snap = pe.Node(SnapToGreyMatter(gm_threshold=gm_threshold), name="snap_to_grey_matter")
+    if native_head:
+        to_native = pe.Node(MapTargets(), name="map_target_to_T1w")
+        workflow.connect([
+            (select, to_native, [("targets_file", "targets_file")]),
+            (inputnode, to_native, [("to_other_xfm", "xfm_file")]),
+            (to_native, snap, [("out_file", "targets_file")]),
+            (inputnode, snap, [("native_gm_file", "gm_file")]),
+        ])
+    else:
+        workflow.connect([(select, snap, [("targets_file", "targets_file")]),
+                          (inputnode, snap, [("gm_file", "gm_file")])])
+
+    # The targets table of the head the plan is made on, whatever stages ran.
+    plan = pe.Node(niu.IdentityInterface(fields=["targets_file"]), name="plan")
     if scalp:
+        head_t1w, head_gm = (("native_t1w_file", "native_gm_file") if native_head
+                             else ("t1w_file", "gm_file"))
         projection = pe.Node(ScalpProjection(), name="scalp_projection")
         comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold),
                               name="scalp_targets")
         workflow.connect([
-            (inputnode, projection, [("t1w_file", "t1w_file")]),
-            (inputnode, comparators, [("gm_file", "gm_file"), ("from_mni_xfm", "from_mni_xfm")]),
-            (select, projection, [("targets_file", "points_file")]),
+            (inputnode, projection, [(head_t1w, "t1w_file")]),
+            (inputnode, comparators, [(head_gm, "gm_file")]),
+            (snap, projection, [("out_file", "points_file")]),
             (projection, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
             (combine, comparators, [("z_file", "z_file")]),
             # the brain masks tell a skull-stripped head, and which comparators have a z-value
             (merge["mask_file"], projection, [("out", "brain_mask_files")]),
             (merge["mask_file"], comparators, [("out", "mask_files")]),
-            (comparators, targets, [("out_file", "targets_file")]),
-            (comparators, outputnode, [("measurements_file", "measurements_file")]),
+            (comparators, plan, [("out_file", "targets_file")]),
             (projection, outputnode, [("mesh_file", "mesh_file")]),
         ])
+        if native_head:
+            # the MNI landmarks go into T1w as the target did; the z map stays in the runs' space
+            workflow.connect([(inputnode, comparators, [("to_other_xfm", "from_mni_xfm"),
+                                                        ("from_other_xfm", "to_map_xfm")])])
+        else:
+            workflow.connect(inputnode, "from_mni_xfm", comparators, "from_mni_xfm")
+            if space != "T1w":
+                notes.append(
+                    f"the scalp stage ran on the {space} head T1w, a head warped to the template: "
+                    "its coil poses, depths, dose adjustments and head measurements are the warped "
+                    "head's, not this participant's; give fMRIPrep's native desc-preproc_T1w, its "
+                    "grey-matter map and the T1w<->MNI transforms to plan on the participant's head")
     else:
-        workflow.connect(select, "targets_file", targets, "targets_file")
+        workflow.connect(snap, "out_file", plan, "targets_file")
         notes.append("no desc-preproc_T1w (head T1w) in the space of the runs: the target is computed, "
                      "the scalp stage (scalp point, coil pose, scalp-based comparators) is skipped")
-    workflow.connect(targets, "targets_file", outputnode, "targets_file")
 
-    if other_space:
-        to_other = pe.Node(MapTargets(), name=f"map_to_{other_space}")
+    if native_head:
+        # The plan is the native head's (the T1w table); the runs' space gets it mapped back.
+        back = pe.Node(MapTargets(), name=f"map_plan_to_{space}")
         workflow.connect([
-            (inputnode, to_other, [("to_other_xfm", "xfm_file")]),
-            (targets, to_other, [("targets_file", "targets_file")]),
-            (to_other, outputnode, [("out_file", "other_targets_file")]),
+            (plan, back, [("targets_file", "targets_file")]),
+            (inputnode, back, [("from_other_xfm", "xfm_file")]),
+            (back, outputnode, [("out_file", "targets_file")]),
+            (plan, outputnode, [("targets_file", "other_targets_file")]),
         ])
+        if scalp:
+            workflow.connect([
+                (comparators, back, [("measurements_file", "measurements_file")]),
+                (back, outputnode, [("measurements_file", "measurements_file")]),
+                (comparators, outputnode, [("measurements_file", "other_measurements_file")]),
+            ])
+    else:
+        workflow.connect(plan, "targets_file", outputnode, "targets_file")
+        if scalp:
+            workflow.connect(comparators, "measurements_file", outputnode, "measurements_file")
+        if other_space:
+            # a plan on a warped head is measured again in T1w, closer to the patient's head
+            to_other = pe.Node(MapTargets(remeasure=other_space == "T1w"),
+                               name=f"map_to_{other_space}")
+            workflow.connect([
+                (inputnode, to_other, [("to_other_xfm", "xfm_file")]),
+                (plan, to_other, [("targets_file", "targets_file")]),
+                (to_other, outputnode, [("out_file", "other_targets_file")]),
+            ])
+            if scalp:
+                workflow.connect([
+                    (comparators, to_other, [("measurements_file", "measurements_file")]),
+                    (to_other, outputnode, [("measurements_file", "other_measurements_file")]),
+                ])
 
     sources = [(workflow.get_node(node), output) for node, output in WARNING_SOURCES]
     sources = [(node, output) for node, output in sources if node is not None]

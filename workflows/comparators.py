@@ -59,6 +59,7 @@ from tmstarget.workflows.scalp import (
     project_to_scalp,
 )
 from tmstarget.workflows.surface import Surface
+from tmstarget.workflows.transforms import map_points
 
 #: Names of the points published in MNI152NLin2009cAsym mm that are mapped into the space.
 MNI_LANDMARKS = ("Nz", "Iz", "LPA", "RPA", "motor_hand")
@@ -209,7 +210,7 @@ def _comparator_points(surface, mapped, gm_points, gm_tree, field_of_view, t1w_n
 
 def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
                       field_of_view=None, head_trusted: bool = True, t1w_name: str = "the head T1w",
-                      brain_mask=None, handle_angle_deg: float = 45.0,
+                      brain_mask=None, to_map_space=None, handle_angle_deg: float = 45.0,
                       coil_offset_mm: float = 0.0, gm_threshold: float = 0.5):
     """Add the scalp-based comparator rows, coil poses, distances and doses to a targets table.
 
@@ -242,6 +243,9 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
     brain_mask : tuple (ndarray, ndarray (4, 4)), optional
         The BOLD brain mask and its affine: a cortical point outside it has no
         ``seed_correlation_z`` (n/a, with a warning) instead of the map's 0 there.
+    to_map_space : callable, optional
+        Maps points (K, 3) of the table's space into the space of ``z_map`` and ``brain_mask``
+        (a plan on the native head, a map in MNI); None: the same space.
     handle_angle_deg, coil_offset_mm : float
         Coil handle angle from the posterior direction (degrees, positive laterally) and centre
         offset above the scalp (mm).
@@ -278,23 +282,29 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
         mask_data, mask_affine = brain_mask
         mask_inverse = np.linalg.inv(mask_affine)
 
-    def z_at(name, xyz):
-        if not np.isfinite(xyz).all():
-            return float("nan")
-        if brain_mask is not None:
-            ijk = np.round(apply_affine(mask_inverse, xyz)).astype(int)
-            inside = (np.all(ijk >= 0) and np.all(ijk < mask_data.shape[:3])
-                      and bool(mask_data[tuple(ijk)]))
-            if not inside:
-                warnings.append(f"{name}: its cortical point ({', '.join(f'{v:.1f}' for v in xyz)}"
-                                " mm) lies outside the BOLD brain mask, where there is no "
-                                "connectivity: seed_correlation_z is n/a (not 0); give BOLD "
-                                "data that cover it to compare it with the connectivity target.")
-                return float("nan")
-        ijk = np.round(apply_affine(z_inverse, xyz)).astype(int)
-        if np.any(ijk < 0) or np.any(ijk >= z_data.shape[:3]):
-            return float("nan")
-        return float(z_data[tuple(ijk)])
+    def z_at(names, points):
+        """Fisher z of the map at each point (nearest voxel); NaN off the map or the brain."""
+        values = np.full(len(points), np.nan)
+        finite = np.isfinite(points).all(axis=1)
+        where = points.copy()  # the points in the map's space
+        if to_map_space is not None and finite.any():
+            where[finite] = to_map_space(points[finite])
+        for k in np.flatnonzero(finite):
+            if brain_mask is not None:
+                ijk = np.round(apply_affine(mask_inverse, where[k])).astype(int)
+                inside = (np.all(ijk >= 0) and np.all(ijk < mask_data.shape[:3])
+                          and bool(mask_data[tuple(ijk)]))
+                if not inside:
+                    warnings.append(
+                        f"{names[k]}: its cortical point ({', '.join(f'{v:.1f}' for v in points[k])}"
+                        " mm) lies outside the BOLD brain mask, where there is no connectivity: "
+                        "seed_correlation_z is n/a (not 0); give BOLD data that cover it to compare "
+                        "it with the connectivity target.")
+                    continue
+            ijk = np.round(apply_affine(z_inverse, where[k])).astype(int)
+            if np.all(ijk >= 0) and np.all(ijk < z_data.shape[:3]):
+                values[k] = z_data[tuple(ijk)]
+        return values
 
     table = table.copy()
     for column in ("seed_correlation_z", *SCALP_COLUMNS):
@@ -336,11 +346,12 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
     for k in np.flatnonzero(new_ok):
         new_cortex[k] = cortical_point_beneath(new_scalp[k], gm_points, tree=gm_tree)
     rows = []
-    for name, cortex, ok in zip(COMPARATOR_ROWS, new_cortex, new_ok):
+    new_z = z_at(COMPARATOR_ROWS, new_cortex)
+    for name, cortex, ok, z_value in zip(COMPARATOR_ROWS, new_cortex, new_ok, new_z):
         row = {column: "n/a" for column in table.columns}
         row.update(name=name, x=format_table_number(cortex[0]),
                    y=format_table_number(cortex[1]), z=format_table_number(cortex[2]),
-                   seed_correlation_z=format_table_number(z_at(name, cortex)),
+                   seed_correlation_z=format_table_number(z_value),
                    scalp_trusted="true" if ok else "false")
         rows.append(row)
     table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
@@ -435,6 +446,9 @@ class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
     mask_files = InputMultiObject(
         File(exists=True), desc="BOLD brain masks (one grid; their union is used): a cortical "
         "point outside has no seed_correlation_z")
+    to_map_xfm = File(exists=True,
+                      desc="transform mapping points of the table's space into the space of the "
+                      "z map and masks (map_points); absent: the same space")
 
 
 class _ScalpTargetsOutputSpec(TraitedSpec):
@@ -466,12 +480,9 @@ class ScalpTargets(SimpleInterface):
         surface = Surface(mesh["vertices"], mesh["faces"],
                           mesh["normals"] if "normals" in mesh.files else None)
         mni = mni_landmarks()
-        if inputs.from_mni_xfm:
-            from tmstarget.workflows.transforms import map_points
-
-            mapped = map_points(mni, inputs.from_mni_xfm)
-        else:
-            mapped = mni.copy()
+        mapped = map_points(mni, inputs.from_mni_xfm) if inputs.from_mni_xfm else mni.copy()
+        to_map_space = ((lambda points: map_points(points, inputs.to_map_xfm))
+                        if isdefined(inputs.to_map_xfm) else None)
         if not np.isfinite(mapped).all():
             raise ValueError("the MNI landmarks did not map into the computation space")
         gm_img = nb.load(inputs.gm_file)
@@ -499,7 +510,8 @@ class ScalpTargets(SimpleInterface):
             field_of_view=field_of_view,
             head_trusted=bool(mesh["head_trusted"]) if "head_trusted" in mesh.files else True,
             t1w_name=str(mesh["t1w_file"]) if "t1w_file" in mesh.files else "the head T1w",
-            brain_mask=brain_mask, handle_angle_deg=inputs.handle_angle_deg,
+            brain_mask=brain_mask, to_map_space=to_map_space,
+            handle_angle_deg=inputs.handle_angle_deg,
             coil_offset_mm=inputs.coil_offset_mm, gm_threshold=inputs.gm_threshold)
         out_file = Path(runtime.cwd) / "scalp_targets.tsv"
         table.to_csv(out_file, sep="\t", index=False)

@@ -46,6 +46,56 @@ def grey_matter_points(gm_data, affine, *, threshold: float = 0.5) -> np.ndarray
     return apply_affine(affine, np.argwhere(grey_matter_mask(gm_data, threshold)))
 
 
+def snap_to_grey_matter(points, gm_data, affine, *, threshold: float = 0.5):
+    """Each point where it is if it lies in grey matter, else the nearest grey-matter voxel centre.
+
+    A point lies in grey matter when the voxel holding it (its nearest voxel centre) is grey matter
+    (:func:`grey_matter_mask`). So a point is moved only when it falls outside the ribbon (a
+    cluster centroid in a sulcus or in white matter), and then by the least distance at the
+    precision of the map: on fMRIPrep's 1 mm T1w the point ends within 0.87 mm (half a voxel
+    diagonal) of where the ribbon begins, instead of on the voxel centres of a 2 mm BOLD grid.
+
+    Parameters
+    ----------
+    points : array-like (K, 3)
+        World mm (RAS) of the map's space; rows with NaN are left NaN.
+    gm_data : ndarray, 3-D
+        Grey-matter probability map or fMRIPrep dseg.
+    affine : ndarray (4, 4)
+        Its voxel-to-world affine.
+    threshold : float
+        Probability threshold (``--gm-threshold``).
+
+    Returns
+    -------
+    snapped : ndarray (K, 3)
+        World mm.
+    moved_mm : ndarray (K,)
+        How far each point was moved (0 for a point already in grey matter).
+
+    Raises
+    ------
+    ValueError
+        When the map holds no grey matter.
+    """
+    points = np.atleast_2d(np.asarray(points, dtype=float))
+    gm = grey_matter_mask(gm_data, threshold)
+    if not gm.any():
+        raise ValueError("the grey-matter map holds no voxel")
+    snapped = points.copy()
+    finite = np.isfinite(points).all(axis=1)
+    ijk = np.round(apply_affine(np.linalg.inv(affine), points[finite])).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < gm.shape), axis=1)
+    in_gm = np.zeros(len(ijk), dtype=bool)
+    in_gm[inside] = gm[tuple(ijk[inside].T)]
+    outside = np.flatnonzero(finite)[~in_gm]
+    if len(outside):
+        gm_points = apply_affine(affine, np.argwhere(gm))
+        _, nearest = cKDTree(gm_points).query(points[outside])
+        snapped[outside] = gm_points[nearest]
+    return snapped, np.linalg.norm(snapped - points, axis=1)
+
+
 def cortical_point_beneath(scalp_point, gm_points, *, tree=None) -> np.ndarray:
     """The grey-matter voxel centre nearest a scalp point (world mm).
 

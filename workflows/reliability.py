@@ -186,7 +186,11 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
     Returns
     -------
     xyz : ndarray of shape (n_maps, 3), world mm
+        Each map's target as :class:`tmstarget.workflows.target.SelectTarget` gives it: the
+        selection's ``centroid`` (the peak voxel for ``peak``), so that distances compare like
+        with like with the target of all the data.
     ijk : ndarray of shape (n_maps, 3), voxel indices in ``region``
+        The region voxel nearest each (the target-frequency map counts these).
     """
     # Select on the region's bounding box (one voxel of margin): the same targets, without
     # labelling clusters over the whole brain for every resample.
@@ -203,7 +207,7 @@ def targets_of_maps(z_rows, region, affine, method, percentile):
     for row in z_rows:
         volume[box_region] = row
         target = select_target(volume, box_region, box_affine, method, percentile)
-        xyz.append(target["xyz"])
+        xyz.append(target["centroid"])
         chosen.append(np.asarray(target["ijk"]) + low)
     return np.array(xyz), np.array(chosen)
 
@@ -227,7 +231,9 @@ def _cluster_targets(z_rows, region, affine, percentile):
     Returns
     -------
     xyz : ndarray of shape (n_maps, 3), world mm
+        The centroids.
     ijk : ndarray of shape (n_maps, 3), voxel indices in ``region``
+        The region voxel nearest each centroid.
     """
     region_ijk = np.argwhere(region)
     region_xyz = nb.affines.apply_affine(affine, region_ijk)
@@ -235,6 +241,7 @@ def _cluster_targets(z_rows, region, affine, percentile):
     volume = np.zeros(region.shape, dtype=np.float32)
     flat_volume = volume.reshape(-1)
     chosen = np.empty(len(z_rows), dtype=int)
+    centroids = np.empty((len(z_rows), 3))
     for number, (row, threshold) in enumerate(zip(z_rows, thresholds)):
         volume[region] = row
         labels, n_clusters = ndimage.label(region & (volume <= threshold), structure=CONNECTIVITY_26)
@@ -246,8 +253,9 @@ def _cluster_targets(z_rows, region, affine, percentile):
         member_xyz = nb.affines.apply_affine(affine, members)
         member_weight = np.abs(volume[tuple(members.T)])
         centroid = (member_weight[:, None] * member_xyz).sum(axis=0) / member_weight.sum()
+        centroids[number] = centroid
         chosen[number] = np.argmin(np.linalg.norm(region_xyz - centroid, axis=1))
-    return region_xyz[chosen], region_ijk[chosen]
+    return centroids, region_ijk[chosen]
 
 
 def _rounded(value, digits):

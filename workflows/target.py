@@ -18,6 +18,7 @@ from scipy import ndimage, stats
 from scipy.cluster import hierarchy
 
 from tmstarget.workflows.defaults import SNT_CLUSTER_DIAMETER_MM
+from tmstarget.workflows.greymatter import snap_to_grey_matter
 
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one cluster.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -137,7 +138,13 @@ class _SelectOutputSpec(TraitedSpec):
 
 
 class SelectTarget(SimpleInterface):
-    """Select the connectivity target and write it as a one-row targets table."""
+    """Select the connectivity target and write it as a one-row targets table.
+
+    The row's x, y, z is the selection's ``centroid`` (world mm; for ``peak`` the peak voxel
+    centre), ``seed_correlation_z`` the Fisher z of the search-region voxel nearest it (the
+    selection's ``z``). The point is not yet put in grey matter: :class:`SnapToGreyMatter` does
+    that on the head the target is reported on.
+    """
 
     input_spec = _SelectInputSpec
     output_spec = _SelectOutputSpec
@@ -150,13 +157,54 @@ class SelectTarget(SimpleInterface):
                                    self.inputs.method, self.inputs.percentile)
         except ValueError as err:
             raise ValueError(f"{err}: check --search-region-image and the grey-matter map") from None
+        # The target is the cluster's |z|-weighted centroid itself (ConTarg, Cash et al. 2021),
+        # not the voxel centre nearest it: snapping to the BOLD grid would cost up to a voxel
+        # (2.0 mm on a 2 mm grid). SnapToGreyMatter then puts it in the grey matter of the head
+        # it is reported on, at that head's precision.
         table = pd.DataFrame([{
             "name": "connectivity",
-            "x": target["xyz"][0], "y": target["xyz"][1], "z": target["xyz"][2],
+            "x": target["centroid"][0], "y": target["centroid"][1], "z": target["centroid"][2],
             "seed_correlation_z": target["z"],
             "cluster_size": target["cluster_size"],
         }])
         out = Path(runtime.cwd) / "targets.tsv"
         table.to_csv(out, sep="\t", index=False, float_format="%.4f")
         self._results["targets_file"] = str(out)
+        return runtime
+
+
+class _SnapInputSpec(BaseInterfaceInputSpec):
+    targets_file = File(exists=True, mandatory=True, desc="targets TSV (name, x, y, z, ...)")
+    gm_file = File(exists=True, mandatory=True,
+                   desc="grey matter in the table's space (any grid): GM probseg or fMRIPrep dseg")
+    gm_threshold = traits.Float(0.5, usedefault=True, desc="grey-matter probability threshold")
+
+
+class _SnapOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the table with x, y, z in grey matter")
+
+
+class SnapToGreyMatter(SimpleInterface):
+    """Put the cortical points of a targets table in grey matter
+    (:func:`tmstarget.workflows.greymatter.snap_to_grey_matter`): a point in a grey-matter voxel
+    stays where it is, any other moves to the nearest grey-matter voxel centre. The other columns
+    are written back verbatim."""
+
+    input_spec = _SnapInputSpec
+    output_spec = _SnapOutputSpec
+
+    def _run_interface(self, runtime):
+        table = pd.read_csv(self.inputs.targets_file, sep="\t", dtype=str, keep_default_na=False)
+        gm_img = nb.load(self.inputs.gm_file)
+        points = table[["x", "y", "z"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        try:
+            snapped, _ = snap_to_grey_matter(points, np.asanyarray(gm_img.dataobj), gm_img.affine,
+                                             threshold=self.inputs.gm_threshold)
+        except ValueError as err:
+            raise ValueError(f"{self.inputs.gm_file}: {err}") from None
+        for axis, values in zip("xyz", snapped.T):
+            table[axis] = [f"{v:.4f}" if np.isfinite(v) else "n/a" for v in values]
+        out = Path(runtime.cwd) / "targets_in_grey_matter.tsv"
+        table.to_csv(out, sep="\t", index=False)
+        self._results["out_file"] = str(out)
         return runtime

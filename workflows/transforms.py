@@ -28,12 +28,21 @@ as fMRIPrep provides.
 
 from __future__ import annotations
 
+import json
+import warnings
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from tmstarget.workflows.coil import coil_frame, plan_distances
 
@@ -67,8 +76,11 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
         raise ValueError(f"points_ras must have shape (N, 3), got {np.shape(points_ras)}")
     if points.shape[0] == 0:
         return np.empty((0, 3))
-    chain = load(str(xfm_file), fmt="itk")
-    return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
+    with warnings.catch_warnings():
+        # points need no reference grid (it is for resampling images): not a warning for us
+        warnings.filterwarnings("ignore", message="Reference space not set")
+        chain = load(str(xfm_file), fmt="itk")
+        return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
 
 
 #: Point columns of a targets table: each prefix names an (x, y, z) triplet in world mm.
@@ -120,14 +132,13 @@ def _jacobians_from(moved):
     return np.transpose(plus - minus, (0, 2, 1)) / (2.0 * JACOBIAN_STEP_MM)
 
 
-def map_targets_table(table, xfm_file):
+def map_targets_table(table, xfm_file, *, remeasure=False):
     """A targets table with every point and coil axis mapped into another space.
 
     Points go through the transform; each coil frame goes through the transform's Jacobian at
     its centre (estimated by central differences of :data:`JACOBIAN_STEP_MM`), the normal as a
-    normal and the handle as a tangent (:func:`map_coil_axes`). Distances, and the depth
-    adjustment that depends on them, are measured again in the new space (a template is bigger
-    than most heads); angles, correlations and ``scalp_trusted`` are kept.
+    normal and the handle as a tangent (:func:`map_coil_axes`). Angles, correlations and
+    ``scalp_trusted`` are kept.
 
     Parameters
     ----------
@@ -135,6 +146,11 @@ def map_targets_table(table, xfm_file):
         Rows of targets with any of :data:`POINT_COLUMNS` and :data:`AXIS_COLUMNS`.
     xfm_file : path
         Transform whose reference space is the table's space (see :func:`map_points`).
+    remeasure : bool
+        False (a plan made on the participant's own head): the depths, distances and dose
+        adjustments are the patient's and are kept, so both tables give one dose per target.
+        True (a plan made on a head warped to a template, mapped into T1w): they are measured
+        again in the new space, which is closer to the patient's than the template's.
     """
     mapped = table.copy()
     # Every point goes through the transform in one call (each call reads the .h5 file): the point
@@ -164,6 +180,8 @@ def map_targets_table(table, xfm_file):
         frame = map_coil_axes(axes["z"][rows], axes["y"][rows], jacobians[rows])
         for axis, values in zip("xyz", frame):
             mapped.loc[rows, list(AXIS_COLUMNS[axis])] = values
+    if not remeasure:
+        return mapped
     if "scalp_distance_mm" in table:
         mapped["scalp_distance_mm"] = np.linalg.norm(
             mapped[["scalp_x", "scalp_y", "scalp_z"]].to_numpy(float) - mapped[["x", "y", "z"]].to_numpy(float), axis=1)
@@ -177,18 +195,62 @@ def map_targets_table(table, xfm_file):
     return mapped
 
 
+#: The points of :class:`tmstarget.workflows.comparators.ScalpTargets`' measurements (JSON paths:
+#: each holds one [x, y, z] or a {name: [x, y, z]} of world mm in the table's space). Everything
+#: else there is a length on the head (cm, mm), an angle, a text, or a template coordinate
+#: (``MNI152NLin2009cAsym_mm``), which no mapping changes.
+MEASUREMENT_POINTS = (("Fiducials", "Mapped_mm"), ("Fiducials", "Used_mm"), ("TenTwenty_mm",),
+                      ("BeamF3", "PointX"), ("BeamF3", "F3"), ("MotorHand", "Mapped_mm"),
+                      ("MotorHand", "Cortex_mm"), ("MotorHand", "Scalp_mm"), ("FiveCm", "Scalp_mm"))
+
+
+def map_measurements(measurements, xfm_file):
+    """The scalp stage's measurements with their points (:data:`MEASUREMENT_POINTS`) mapped into
+    another space; the head measurements themselves (NI, TT, HC, Beam's X and Y, depths) are the
+    head's and are kept. Each sidecar then gives its coordinates in its own space."""
+    mapped = json.loads(json.dumps(measurements))  # a deep copy
+    slots = []  # (holder, key) of each point, in order
+    for path in MEASUREMENT_POINTS:
+        holder = mapped
+        for key in path[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or path[-1] not in holder:
+            continue
+        value = holder[path[-1]]
+        if isinstance(value, dict):
+            slots += [(value, name) for name in value]
+        else:
+            slots.append((holder, path[-1]))
+    if not slots:
+        return mapped
+    points = np.array([holder[key] for holder, key in slots], dtype=float)
+    valid = np.isfinite(points).all(axis=1)
+    moved = np.full_like(points, np.nan)
+    moved[valid] = map_points(points[valid], xfm_file)
+    for (holder, key), point, ok in zip(slots, moved, valid):
+        if ok:
+            holder[key] = [round(float(v), 2) for v in point]
+    return mapped
+
+
 class _MapTargetsInputSpec(BaseInterfaceInputSpec):
-    targets_file = File(exists=True, mandatory=True, desc="targets TSV in the computation space")
+    targets_file = File(exists=True, mandatory=True, desc="targets TSV in the table's space")
     xfm_file = File(exists=True, mandatory=True,
-                    desc="transform whose reference space is the computation space")
+                    desc="transform whose reference space is the table's space")
+    measurements_file = File(exists=True, desc="scalp_measurements.json of the same plan")
+    remeasure = traits.Bool(False, usedefault=True,
+                            desc="measure depths, distances and doses again in the new space "
+                            "(a plan made on a warped head); see map_targets_table")
 
 
 class _MapTargetsOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the same targets in the other space")
+    measurements_file = File(exists=True, desc="the measurements with their points mapped")
 
 
 class MapTargets(SimpleInterface):
-    """Give every point of a targets table in the other space (T1w <-> MNI)."""
+    """Give every point of a targets table (and of its scalp measurements) in another space
+    (T1w <-> MNI)."""
 
     input_spec = _MapTargetsInputSpec
     output_spec = _MapTargetsOutputSpec
@@ -196,7 +258,13 @@ class MapTargets(SimpleInterface):
     def _run_interface(self, runtime):
         table = pd.read_csv(self.inputs.targets_file, sep="\t", na_values="n/a")
         out = Path(runtime.cwd) / "targets_mapped.tsv"
-        map_targets_table(table, self.inputs.xfm_file).to_csv(out, sep="\t", index=False,
-                                                               float_format="%.4f", na_rep="n/a")
+        map_targets_table(table, self.inputs.xfm_file, remeasure=self.inputs.remeasure).to_csv(
+            out, sep="\t", index=False, float_format="%.4f", na_rep="n/a")
         self._results["out_file"] = str(out)
+        if isdefined(self.inputs.measurements_file):
+            measurements = json.loads(Path(self.inputs.measurements_file).read_text())
+            mapped = Path(runtime.cwd) / "measurements_mapped.json"
+            mapped.write_text(json.dumps(map_measurements(measurements, self.inputs.xfm_file),
+                                         indent=2))
+            self._results["measurements_file"] = str(mapped)
         return runtime

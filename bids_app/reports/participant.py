@@ -140,7 +140,7 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     elif "scalp_x" in targets and targets["scalp_x"].notna().any():
         head_space = space
     tms_dir = output_dir / f"sub-{subject}" / "tms"
-    notes = report_warnings(list(sidecars.values()), runs, options, targets, bool(mesh_file), bool(t1w))
+    notes = report_warnings(list(sidecars.values()), targets, bool(mesh_file))
     sections.append(("plan", "Treatment plan", plan_html(
         subject=subject, tables=tables, head_space=head_space, sidecar=targets_sidecar,
         parameters=parameters, voxel_mm=voxel_mm, warnings=notes,

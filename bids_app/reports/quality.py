@@ -43,53 +43,17 @@ def readable_distances(text, voxel_mm):
     return re.sub(r"(\d+(?:\.\d+)?) mm", lambda m: format_distance(float(m.group(1)), voxel_mm), text)
 
 
-def rule_warnings(runs, options, targets):
-    """The report's own checks of the data, used while the sidecar has no ``QualityWarnings``.
-
-    Parameters
-    ----------
-    runs : list of dict
-        The ``Runs`` list of the connectivity map's sidecar.
-    options : dict
-        The run's configuration (``min_time`` in s).
-    targets : pandas.DataFrame
-        The targets table of the computation space.
-    """
-    notes = []
-    for run in runs:
-        name = Path(str(run.get("Source", run.get("BoldFile", "")))).name
-        if not run.get("Used", True):
-            notes.append(f"{name} was excluded: {run['RetainedTime_s']:.0f} s retained, less "
-                         f"than the minimum of {options.get('min_time', 0):g} s.")
-        elif run["RetainedVolumes"] < 0.5 * run["Volumes"]:
-            notes.append(f"{name}: only {run['RetainedVolumes']} of {run['Volumes']} volumes retained.")
-        if run.get("DegreesOfFreedom", 1) <= 0:
-            notes.append(f"{name}: no degrees of freedom left after filtering and regression.")
-    if "connectivity" in set(targets["name"]):
-        z = float(targets.set_index("name").loc["connectivity", "seed_correlation_z"])
-        if not z < 0:
-            notes.append(f"The connectivity target is not anticorrelated with the seed (Fisher z {z:.2f}): "
-                         "the map may be dominated by noise.")
-    return notes
-
-
-def report_warnings(sidecars, runs, options, targets, has_mesh, has_t1w):
+def report_warnings(sidecars, targets, has_mesh):
     """Every warning the report shows, each once, in order.
 
-    The graph's warnings (``QualityWarnings`` of the targets sidecars, every space) come first; the
-    report's own rules (:func:`rule_warnings`) only when no sidecar has that entry (outputs of an
-    older graph); last what the report itself cannot show.
+    The graph's warnings (``QualityWarnings`` of the targets sidecars, every space: the graph
+    collected every step's, :data:`tmstarget.workflows.base.WARNING_SOURCES`), then what the
+    report itself cannot show. A scalp stage that was not built is one of the graph's warnings;
+    only a mesh missing after a scalp stage that ran is the report's own.
     """
-    notes = []
-    recorded = [s["QualityWarnings"] for s in sidecars if isinstance(s.get("QualityWarnings"), list)]
-    for entry in recorded:
-        notes.extend(str(n) for n in entry)
-    if not recorded:
-        notes.extend(rule_warnings(runs, options, targets))
-    if not has_t1w:
-        notes.append("No head T1w was found: the scalp projection and the scalp-based comparators are missing.")
-    elif not has_mesh:
-        notes.append("No scalp mesh: the head figure is missing.")
+    notes = [str(n) for s in sidecars for n in (s.get("QualityWarnings") or [])]
+    if not has_mesh and "scalp_x" in targets.columns:
+        notes.append("No scalp mesh was given to the report: the head figure is missing.")
     return list(dict.fromkeys(notes))
 
 
