@@ -18,7 +18,11 @@ from nibabel.affines import apply_affine, voxel_sizes
 
 from tmstarget.workflows import landmarks
 from tmstarget.workflows.comparators import ScalpTargets
-from tmstarget.workflows.greymatter import cortical_point_beneath, grey_matter_points
+from tmstarget.workflows.greymatter import (
+    cortical_point_beneath,
+    grey_matter_points,
+    snap_to_grey_matter,
+)
 from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.landmarks import (
     F3_PUBLISHED_MNI,
@@ -273,6 +277,32 @@ def test_grey_matter_probseg_and_dseg():
     assert cortical_point_beneath([5.0, 5.0, 9.0], points).tolist() == [6.0, 6.0, 6.0]
     with pytest.raises(ValueError):
         cortical_point_beneath([0, 0, 0], np.empty((0, 3)))
+
+
+
+def test_snap_to_grey_matter_moves_only_points_outside_it():
+    """A point inside a grey-matter voxel keeps its sub-voxel position; one outside moves to the
+    nearest grey-matter voxel centre, in world mm, whatever the orientation of the grid (LAS)."""
+    for flip in (1.0, -1.0):
+        affine = np.diag([flip, 1.0, 1.0, 1.0])
+        affine[:3, 3] = (-20.0 * flip, -20.0, -20.0)
+        prob = np.zeros((41, 41, 41), np.float32)
+        prob[:, :, 25:28] = 0.9  # a ribbon 3 mm thick: world z from 5 to 7 mm
+        world_ribbon_x = lambda i: affine[0, 0] * i + affine[0, 3]  # noqa: E731
+        inside, below, nan = [3.3, -2.2, 6.4], [3.3, -2.2, 1.2], [np.nan] * 3
+        snapped, moved = snap_to_grey_matter([inside, below, nan], prob, affine)
+        np.testing.assert_array_equal(snapped[0], inside)  # sub-voxel, untouched
+        assert moved[0] == 0.0
+        assert snapped[1][2] == 5.0 and abs(snapped[1][0] - 3.3) <= 0.5  # up onto the ribbon
+        assert world_ribbon_x(np.round((snapped[1][0] - affine[0, 3]) / affine[0, 0])) == snapped[1][0]
+        assert moved[1] == pytest.approx(np.linalg.norm(snapped[1] - below))
+        assert np.isnan(snapped[2]).all()
+        # a dseg reads the same (label 1)
+        dseg = np.where(prob > 0, 1, 2).astype(np.int16)
+        np.testing.assert_array_equal(snap_to_grey_matter([inside, below], dseg, affine)[0],
+                                      snapped[:2])
+    with pytest.raises(ValueError):
+        snap_to_grey_matter([inside], np.zeros((3, 3, 3)), np.eye(4))
 
 
 # --------------------------------------------------------------------------------------------

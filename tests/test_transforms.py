@@ -180,3 +180,42 @@ def test_mapped_coil_normal_is_the_mapped_scalp_normal(tmp_path):
         # The mistake this replaces: the normal carried like a tangent.
         wrong = matrix[:3, :3] @ table.loc[k, list(AXIS_COLUMNS["z"])].to_numpy(float)
         assert min(_angle_deg(wrong, normal), _angle_deg(wrong, -normal)) > 5.0, k
+
+
+def test_map_measurements_moves_every_point_and_keeps_the_lengths(tmp_path):
+    """The scalp measurements' points go through the transform (each sidecar in its own space);
+    lengths on the head, the template's published coordinates and texts do not change."""
+    from tmstarget.workflows.transforms import map_measurements
+
+    matrix = nb.affines.from_matvec(1.05 * synthetic._rotation(np.radians([5.0, -3.0, 8.0])),
+                                    [3.0, -7.0, 11.0])
+    path = tmp_path / "from-A_to-B_mode-image_xfm.h5"
+    synthetic._write_itk_h5(path, matrix, centre_ras=[0.0, 0.0, 0.0],
+                            field_grid=synthetic._mni_grid(8.0).padded(5))
+    measurements = {
+        "HeadMeasurements_cm": {"NI": 36.0, "TT": 35.0, "HC": 57.0},
+        "Fiducials": {"MNI152NLin2009cAsym_mm": {"Nz": [0.0, 86.0, -40.0]},
+                      "Mapped_mm": {"Nz": [1.0, 84.0, -38.0], "Iz": [0.0, -118.0, -20.0]},
+                      "Used_mm": {"Nz": [1.5, 85.0, -37.0], "Iz": [0.5, -117.0, -21.0]},
+                      "DistanceToScalp_mm": {"Nz": 1.2}, "Source": "text"},
+        "TenTwenty_mm": {"F3": [-40.0, 50.0, 45.0], "Cz": [0.0, -15.0, 95.0]},
+        "BeamF3": {"X_cm": 6.9, "Y_cm": 9.8, "PointX": [-60.0, 60.0, 20.0], "F3": [-42.0, 48.0, 47.0]},
+        "MotorHand": {"Mapped_mm": [-37.0, -21.0, 58.0], "Cortex_mm": [-38.0, -22.0, 60.0],
+                      "Scalp_mm": [-50.0, -25.0, 75.0]},
+        "FiveCm": {"Distance_mm": 50.0, "Scalp_mm": [-48.0, 24.0, 80.0]},
+    }
+    mapped = map_measurements(measurements, path)
+    expected = lambda p: np.round(nb.affines.apply_affine(matrix, p), 2)  # noqa: E731
+    for group, key in (("Fiducials", "Mapped_mm"), ("Fiducials", "Used_mm"), ("TenTwenty_mm", None)):
+        source = measurements[group] if key is None else measurements[group][key]
+        target = mapped[group] if key is None else mapped[group][key]
+        for name, point in source.items():
+            np.testing.assert_allclose(target[name], expected(point), atol=0.02)
+    for group, key in (("BeamF3", "PointX"), ("BeamF3", "F3"), ("MotorHand", "Mapped_mm"),
+                       ("MotorHand", "Cortex_mm"), ("MotorHand", "Scalp_mm"), ("FiveCm", "Scalp_mm")):
+        np.testing.assert_allclose(mapped[group][key], expected(measurements[group][key]), atol=0.02)
+    assert mapped["HeadMeasurements_cm"] == measurements["HeadMeasurements_cm"]
+    assert mapped["Fiducials"]["MNI152NLin2009cAsym_mm"] == measurements["Fiducials"]["MNI152NLin2009cAsym_mm"]
+    assert mapped["Fiducials"]["DistanceToScalp_mm"] == {"Nz": 1.2}
+    assert mapped["BeamF3"]["X_cm"] == 6.9 and mapped["FiveCm"]["Distance_mm"] == 50.0
+    assert measurements["TenTwenty_mm"]["F3"] == [-40.0, 50.0, 45.0]  # the input is not modified
