@@ -401,7 +401,7 @@ def test_efield_plan_interface(tmp_path, head):
     reference_affine = np.diag([4.0, 4.0, 4.0, 1.0])
     reference_affine[:3, 3] = -96.0
     reference_file = tmp_path / "ref.nii.gz"
-    nb.Nifti1Image(np.zeros((49, 49, 49), np.float32), reference_affine).to_filename(reference_file)
+    nb.Nifti1Image(np.ones((49, 49, 49), np.uint8), reference_affine).to_filename(reference_file)
 
     node = EfieldPlan(targets_file=str(targets_file), mesh_file=str(mesh_file),
                       reference_file=str(reference_file), orientation="efield",
@@ -412,10 +412,10 @@ def test_efield_plan_interface(tmp_path, head):
     assert set(EFIELD_COLUMNS) <= set(out.columns)
     assert {"coil_yaxis_x", "coil_x"} <= set(out.columns)
     assert float(out["efield_target_v_per_m"][0]) > 20.0  # ~1 V/m per A/us at 100 A/us
-    sidecar = json.loads(open(result.outputs.sidecar_file).read())
+    sidecar = json.loads(open(result.outputs.info_file).read())
     assert sidecar["dIdt_A_per_us"] == 100.0 and sidecar["QualityWarnings"] == []
     assert "Thielscher" in sidecar["Coil"]["Source"]
-    image = nb.load(result.outputs.map_file)
+    image = nb.load(result.outputs.efield_file)
     assert image.shape == (49, 49, 49) and np.allclose(image.affine, reference_affine)
     assert np.asanyarray(image.dataobj).max() > float(out["efield_target_v_per_m"][0])
 
