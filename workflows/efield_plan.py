@@ -237,8 +237,10 @@ class _EfieldPlanInputSpec(BaseInterfaceInputSpec):
                                         desc="radius of the scalp patch the sphere is fitted to")
     motor_threshold_pct_mso = traits.Float(desc="resting motor threshold (% MSO), optional")
     map_row = traits.Str("connectivity", usedefault=True, desc="row whose pose is mapped")
-    map_max_distance_mm = traits.Float(80.0, usedefault=True,
-                                       desc="map computed within this distance of the coil")
+    map_max_distance_mm = traits.Float(desc="map computed within this distance (mm) of the "
+                                       "coil only; default the whole mask (|E| is still ~20 % "
+                                       "of its maximum 80 mm from the coil centre, under the "
+                                       "wings: a cut there would show)")
 
 
 class _EfieldPlanOutputSpec(TraitedSpec):
@@ -305,8 +307,8 @@ class EfieldPlan(SimpleInterface):
       other than ``motor_hand`` hold the field's pose when its angle differs from the clinical
       one (the exports are written from these columns); with ``'clinical'`` they are unchanged;
     - ``efield_map.nii.gz``: |E| (V/m, float32) of ``map_row``'s pose used, on the reference grid,
-      masked to its non-zero voxels and to ``map_max_distance_mm`` of the coil
-      (:func:`tmstarget.workflows.efield.efield_map_interpolated`, 8 mm dipoles);
+      masked to its non-zero voxels (and to ``map_max_distance_mm`` of the coil when given;
+      :func:`tmstarget.workflows.efield.efield_map_interpolated`, 8 mm dipoles);
     - ``efield.json``: what the sidecars need, with ``QualityWarnings``.
     """
 
@@ -355,9 +357,11 @@ class EfieldPlan(SimpleInterface):
             sphere_fit_radius_mm=inputs.sphere_fit_radius_mm, motor_threshold_pct_mso=threshold,
             clinical_poses=table_poses)
 
+        # |E| is ~1 V/m per A/us: 3 decimals keep 0.1 % at the default dI/dt
+        digits = {column: 1 if "angle" in column else 3 if "v_per_m" in column else 2
+                  for column in EFIELD_COLUMNS}
         for column, values in plan["columns"].items():
-            table[column] = [format_table_number(v, 1 if "angle" in column else 2)
-                             for v in values]
+            table[column] = [format_table_number(v, digits[column]) for v in values]
         angles = plan["columns"]["handle_angle_deg"]
         if inputs.orientation == "efield":
             moved = np.isfinite(angles) & (angles != handle_angle)
@@ -392,7 +396,9 @@ class EfieldPlan(SimpleInterface):
             field_map = efield_map_interpolated(
                 reference.shape, reference.affine, coil_model(inputs.coil, MAP_DIPOLE_SPACING_MM),
                 plan["poses"][row], plan["spheres"][row]["centre_mm"], mask=mask,
-                max_distance_mm=inputs.map_max_distance_mm, didt_a_per_us=inputs.didt_a_per_us,
+                max_distance_mm=(inputs.map_max_distance_mm
+                                 if isdefined(inputs.map_max_distance_mm) else None),
+                didt_a_per_us=inputs.didt_a_per_us,
                 to_field_space=to_plan)
 
         out_dir = Path(runtime.cwd)
@@ -451,7 +457,8 @@ def _info(inputs, names, plan, handle_angle, offset, threshold, warnings) -> dic
                 "Grid": Path(inputs.reference_file).name,
                 "GridToPlanTransform": (Path(inputs.grid_to_plan_xfm).name
                                         if inputs.grid_to_plan_xfm else None),
-                "MaxDistanceFromCoil_mm": inputs.map_max_distance_mm,
+                "MaxDistanceFromCoil_mm": (inputs.map_max_distance_mm
+                                           if isdefined(inputs.map_max_distance_mm) else None),
                 "DipoleSpacing_mm": MAP_DIPOLE_SPACING_MM, "LatticeSpacing_mm": MAP_LATTICE_MM,
                 "Accuracy": "within 1 % of the map's maximum of the voxel-by-voxel field of "
                 "the table's 4 mm dipole model"},
