@@ -376,3 +376,48 @@ def test_efield_options_from_a_config_file(tmp_path):
     path.write_text(Options(coil_orientation="sideways").to_json())
     with pytest.raises(cli.UsageError, match="coil-orientation"):
         _options("--config-file", str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Report figure and methods text
+# --------------------------------------------------------------------------------------------
+def test_report_figure_and_methods_text(tmp_path):
+    from test_efield import ellipsoid_head, head_rows
+
+    from tmstarget.reports.efield import efield_methods, plot_efield
+
+    vertices, faces, normals, affine = ellipsoid_head()
+    names, cortex, scalp = head_rows(vertices)
+    np.savez(tmp_path / "scalp_mesh.npz", vertices=vertices, faces=faces, normals=normals)
+    pd.DataFrame({"name": names, "x": cortex[:, 0], "y": cortex[:, 1], "z": cortex[:, 2],
+                  "scalp_x": scalp[:, 0], "scalp_y": scalp[:, 1], "scalp_z": scalp[:, 2],
+                  "depth_adjustment_pct_mso": ["-3.1", "0.00"]}).to_csv(
+        tmp_path / "targets.tsv", sep="\t", index=False)
+    grid = np.diag([4.0, 4.0, 4.0, 1.0])
+    grid[:3, 3] = -96.0
+    reference = nb.Nifti1Image(np.ones((49, 49, 49), np.uint8), grid)
+    reference.to_filename(tmp_path / "mask.nii.gz")
+    outputs = EfieldPlan(targets_file=str(tmp_path / "targets.tsv"),
+                         mesh_file=str(tmp_path / "scalp_mesh.npz"),
+                         reference_file=str(tmp_path / "mask.nii.gz"), orientation="efield",
+                         motor_threshold_pct_mso=45.0).run(cwd=str(tmp_path)).outputs
+    table = pd.read_csv(outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
+    row = table.set_index("name").loc["connectivity"]
+    info = json.loads(Path(outputs.info_file).read_text())
+
+    coil = [float(row[c]) for c in ("coil_x", "coil_y", "coil_z")]
+    path = plot_efield(outputs.efield_file, reference, [float(row[c]) for c in "xyz"],
+                       tmp_path / "efield.png", coil_xyz=coil)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+    text = efield_methods(info, {"name": "connectivity", **row.to_dict()})
+    assert f"{row['efield_target_v_per_m']} V/m at the connectivity target" in text
+    assert f"{float(row['efield_dose_pct_mt']):.0f} % of the resting motor threshold" in text
+    assert "45 % given" in text and "-3.1 % of maximum stimulator output" in text
+    assert "chosen by the field" in text and "1 A/µs" in text and "Limits:" in text
+    cited = []
+    numbered = efield_methods(info, {"name": "connectivity", **row.to_dict()},
+                              cite=lambda ref: cited.append(ref) or f"[{len(cited)}]")
+    assert "[1]" in numbered and any("Eaton H" in ref for ref in cited)
+    missing = efield_methods(info, {"name": "F3_beam", "efield_target_v_per_m": "n/a"})
+    assert "No field was computed for the F3_beam row" in missing
