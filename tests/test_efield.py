@@ -271,7 +271,8 @@ def test_half_value_depth_and_spread_on_the_deng_sphere(model):
     """Deng, Lisanby & Peterchev 2013 (Brain Stimul 6:1-13), abstract: on their 8.5 cm sphere
     "the ranges of achievable d1/2 [...] figure-8 [...] 0.9-3.4 cm" and "figure-8 field coils
     [...] S1/2 as low as 5 cm2 compared to 34 cm2 for circular field coils". Their table's row
-    for the Magstim 70 mm double coil could not be retrieved here (see README_efield.md), so
+    for the Magstim 70 mm double coil could not be retrieved here (see README, "The electric
+    field model"; searched again for issue 14: only the abstract was found), so
     this holds the coil to the published figure-8 ranges and to the focal end of them."""
     metrics = half_value_metrics(model, spacing_mm=1.5)
     assert 0.9 <= metrics["d_half_cm"] <= 3.4
