@@ -20,7 +20,13 @@ from pathlib import Path
 os.environ["NIPYPE_NO_ET"] = "1"
 
 from tmstarget import __version__  # noqa: E402
-from tmstarget.config import CONFOUND_STRATEGIES, TARGET_METHODS, Options  # noqa: E402
+from tmstarget.config import (  # noqa: E402
+    COIL_ORIENTATIONS,
+    CONFOUND_STRATEGIES,
+    TARGET_METHODS,
+    Options,
+)
+from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL  # noqa: E402
 from tmstarget.workflows.defaults import SPACES  # noqa: E402
 
 LOGGER = logging.getLogger("tmstarget")
@@ -145,6 +151,23 @@ def build_parser():
     g.add_argument("--handle-angle", type=float, metavar="DEG",
                    help="coil handle angle from the midline, pointing posterior-lateral (default: 45)")
 
+    g = parser.add_argument_group("coil and electric field")
+    g.add_argument("--coil", choices=sorted(COIL_GEOMETRIES),
+                   help=_choices_help(f"coil model of the E-field (default: {DEFAULT_COIL}, "
+                                      "geometry of Thielscher & Kammer 2002)",
+                                      {k: v[0] for k, v in COIL_GEOMETRIES.items()}))
+    g.add_argument("--coil-orientation", choices=sorted(COIL_ORIENTATIONS),
+                   help=_choices_help("coil handle angle used for the plan and the exports "
+                                      "(default: clinical)", COIL_ORIENTATIONS))
+    g.add_argument("--didt", type=float, metavar="A_PER_US",
+                   help="coil current slope the E-field is given for, A/us (default: 1, "
+                   "SimNIBS's default; fields scale linearly: give your stimulator's dI/dt at "
+                   "the output used)")
+    g.add_argument("--motor-threshold", type=float, metavar="PCT_MSO",
+                   help="measured resting motor threshold, %% of maximum stimulator output: "
+                   "gives the E-field-based dose in %% MSO (default: none, the dose in %% of "
+                   "the motor threshold only)")
+
     g = parser.add_argument_group("reliability")
     g.add_argument("--bootstrap-samples", type=int, metavar="N",
                    help="block-bootstrap samples of the target (default: 1000; 0 skips the bootstrap)")
@@ -180,7 +203,8 @@ def build_parser():
 _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "min_total_time",
                  "high_pass", "low_pass", "smoothing_fwhm", "seed_center", "seed_radius", "seed_name",
                  "target_method", "cluster_percentile", "gm_threshold", "handle_angle",
-                 "bootstrap_samples", "bootstrap_block", "random_seed", "allow_poor_seed")
+                 "bootstrap_samples", "bootstrap_block", "random_seed", "allow_poor_seed",
+                 "coil", "coil_orientation", "didt", "motor_threshold")
 
 
 def resolve_options(args):
@@ -242,10 +266,11 @@ def _check_ranges(options):
         "fd_threshold": (0.0, None, False), "seed_radius": (0.0, None, False),
         "cluster_percentile": (0.0, 100.0, False), "gm_threshold": (0.0, 1.0, True),
         "handle_angle": (-180.0, 180.0, True),
+        "didt": (0.0, None, False), "motor_threshold": (0.0, 100.0, False),
     }
     for name, (lowest, highest, closed) in ranges.items():
         value = getattr(options, name)
-        if value is None and name == "fd_threshold":
+        if value is None and name in ("fd_threshold", "motor_threshold"):
             continue
         flag = "--" + name.replace("_", "-")
         if not isinstance(value, (int, float)) or value != value:
@@ -259,6 +284,9 @@ def _check_ranges(options):
     if options.confounds not in CONFOUND_STRATEGIES or options.target_method not in TARGET_METHODS:
         raise UsageError(f"--confounds {options.confounds!r} or --target-method {options.target_method!r} "
                          "is not a known choice (see --help)")
+    if options.coil not in COIL_GEOMETRIES or options.coil_orientation not in COIL_ORIENTATIONS:
+        raise UsageError(f"--coil {options.coil!r} or --coil-orientation "
+                         f"{options.coil_orientation!r} is not a known choice (see --help)")
 
 
 def _check_region_image(flag, path):

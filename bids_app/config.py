@@ -25,6 +25,17 @@ from tmstarget.workflows.defaults import (  # noqa: F401  (re-exported)
     SNT_CLUSTER_DIAMETER_MM,
     TARGET_METHODS,
 )
+from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL
+from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US, EFIELD_REFERENCES
+
+#: The coil orientations of ``--coil-orientation``, described (the E-field plan, issue 14).
+COIL_ORIENTATIONS = {
+    "clinical": "the handle at the clinical angle (--handle-angle, default 45 degrees from the "
+    "midline, posterior-lateral); the field it induces is reported",
+    "efield": "the handle angle giving the largest E-field magnitude at each target (1-degree "
+    "sweep; the clinical angle kept unless another gains more than 1 %); the exports carry it",
+}
+DEFAULT_COIL_ORIENTATION = "clinical"
 
 
 @dataclass
@@ -61,6 +72,11 @@ class Options:
     random_seed: int = defaults.RANDOM_SEED
     # coil
     handle_angle: float = defaults.HANDLE_ANGLE_DEG  # degrees from the midline, posterior-lateral
+    # electric field (tmstarget.workflows.efield_plan)
+    coil: str = DEFAULT_COIL  # a name of COIL_GEOMETRIES
+    coil_orientation: str = DEFAULT_COIL_ORIENTATION  # "clinical" or "efield"
+    didt: float = DEFAULT_DIDT_A_PER_US  # A/us the fields are given for (SimNIBS default)
+    motor_threshold: float | None = None  # measured resting motor threshold, % MSO
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -132,5 +148,29 @@ class Options:
                 "HandleAngleFromMidline_deg": self.handle_angle,
                 "Convention": "handle pointing posterior and laterally away from the midline "
                 "(clinical default for left DLPFC)",
+            },
+            "Efield": {
+                "Coil": self.coil,
+                "CoilDescription": COIL_GEOMETRIES[self.coil][0],
+                "CoilSource": COIL_GEOMETRIES[self.coil][2],
+                "CoilDefault": f"{DEFAULT_COIL}: the figure-of-eight coil whose published "
+                "geometry the model reproduces (Thielscher & Kammer 2002)",
+                "Orientation": self.coil_orientation,
+                "OrientationDescription": COIL_ORIENTATIONS[self.coil_orientation],
+                "OrientationDefault": f"{DEFAULT_COIL_ORIENTATION}: the coil is placed as "
+                "clinics place it unless asked otherwise",
+                "dIdt_A_per_us": self.didt,
+                "dIdtSource": f"default {DEFAULT_DIDT_A_PER_US:g} A/us, SimNIBS's default dI/dt "
+                "(1e6 A/s); every field is linear in dI/dt (Drakaki et al. 2022 list the dI/dt "
+                "of clinical stimulators at 100 % output)",
+                "MotorThreshold_pct_MSO": self.motor_threshold,
+                "MotorThresholdNote": "the measured resting motor threshold (% of maximum "
+                "stimulator output) turns the field-based dose into % MSO; without it the dose "
+                "is given in % of the motor threshold only",
+                "HeadModel": "spherically symmetric conductor fitted locally to the scalp "
+                "under the coil (Eaton 1992; Heller & van Hulsteyn 1992)",
+                "References": [EFIELD_REFERENCES[k] for k in ("Eaton1992",
+                                                              "HellerVanHulsteyn1992",
+                                                              "Deng2013", "Stokes2007")],
             },
         }

@@ -271,7 +271,8 @@ def test_half_value_depth_and_spread_on_the_deng_sphere(model):
     """Deng, Lisanby & Peterchev 2013 (Brain Stimul 6:1-13), abstract: on their 8.5 cm sphere
     "the ranges of achievable d1/2 [...] figure-8 [...] 0.9-3.4 cm" and "figure-8 field coils
     [...] S1/2 as low as 5 cm2 compared to 34 cm2 for circular field coils". Their table's row
-    for the Magstim 70 mm double coil could not be retrieved here (see README_efield.md), so
+    for the Magstim 70 mm double coil could not be retrieved here (see README, "The electric
+    field model"; searched again for issue 14: only the abstract was found), so
     this holds the coil to the published figure-8 ranges and to the focal end of them."""
     metrics = half_value_metrics(model, spacing_mm=1.5)
     assert 0.9 <= metrics["d_half_cm"] <= 3.4
@@ -401,7 +402,7 @@ def test_efield_plan_interface(tmp_path, head):
     reference_affine = np.diag([4.0, 4.0, 4.0, 1.0])
     reference_affine[:3, 3] = -96.0
     reference_file = tmp_path / "ref.nii.gz"
-    nb.Nifti1Image(np.zeros((49, 49, 49), np.float32), reference_affine).to_filename(reference_file)
+    nb.Nifti1Image(np.ones((49, 49, 49), np.uint8), reference_affine).to_filename(reference_file)
 
     node = EfieldPlan(targets_file=str(targets_file), mesh_file=str(mesh_file),
                       reference_file=str(reference_file), orientation="efield",
@@ -412,10 +413,10 @@ def test_efield_plan_interface(tmp_path, head):
     assert set(EFIELD_COLUMNS) <= set(out.columns)
     assert {"coil_yaxis_x", "coil_x"} <= set(out.columns)
     assert float(out["efield_target_v_per_m"][0]) > 20.0  # ~1 V/m per A/us at 100 A/us
-    sidecar = json.loads(open(result.outputs.sidecar_file).read())
+    sidecar = json.loads(open(result.outputs.info_file).read())
     assert sidecar["dIdt_A_per_us"] == 100.0 and sidecar["QualityWarnings"] == []
     assert "Thielscher" in sidecar["Coil"]["Source"]
-    image = nb.load(result.outputs.map_file)
+    image = nb.load(result.outputs.efield_file)
     assert image.shape == (49, 49, 49) and np.allclose(image.affine, reference_affine)
     assert np.asanyarray(image.dataobj).max() > float(out["efield_target_v_per_m"][0])
 
