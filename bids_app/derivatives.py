@@ -27,6 +27,8 @@ from nipype.interfaces.base import (
 
 from tmstarget import __version__
 from tmstarget.workflows.coil import pose_matrix
+from tmstarget.workflows.efield_plan import COLUMN_DESCRIPTIONS as EFIELD_COLUMN_DESCRIPTIONS
+from tmstarget.workflows.efield_plan import EFIELD_COLUMNS
 from tmstarget.workflows.transforms import AXIS_COLUMNS
 
 BIDS_VERSION = "1.9.0"
@@ -63,7 +65,10 @@ TARGET_COLUMNS = {
     "depth_adjustment_pct_mso": "Stokes et al. 2007: % of maximum stimulator output to add to the "
     "motor threshold: 2.8 x (scalp_distance_mm - scalp_distance_mm of motor_hand); n/a when the "
     "row's or the motor reference's scalp point is not trusted.",
+    **EFIELD_COLUMN_DESCRIPTIONS,
 }
+#: Columns written with 3 decimals: the fields (about 1 V/m at 1 A/us).
+EFIELD_V_PER_M_COLUMNS = tuple(c for c in EFIELD_COLUMNS if c.endswith("_v_per_m"))
 
 
 def atomic_write(path, write, once=False):
@@ -193,6 +198,7 @@ def participant_paths(output_dir, subject, space, task, seed_name):
         "seed_mask": root / "func" / f"{func}_desc-{seed_name}_mask.nii.gz",
         "search_mask": root / "func" / f"{func}_desc-searchregion_mask.nii.gz",
         "target_frequency": root / "func" / f"{func}_desc-targetfrequency_boldmap.nii.gz",
+        "efield": root / "func" / f"{func}_desc-efield_boldmap.nii.gz",
         "targets": targets_path(output_dir, subject, space),
         "config": root / "log" / "config.json",
     }
@@ -324,6 +330,8 @@ class _SinkInputSpec(ParticipantOutputsInputSpec):
     frequency_file = File(exists=True, desc="fraction of bootstrap samples choosing each voxel")
     quality_warnings = traits.List(traits.Str, desc="every step's warnings, one line each")
     seed_quality_file = File(exists=True, desc="JSON: seed quality (SeedQuality) and its warnings")
+    efield_file = File(exists=True, desc="|E| (V/m) of the connectivity target's pose, BOLD grid")
+    efield_info_file = File(exists=True, desc="JSON: the E-field model (EfieldPlan)")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -371,6 +379,23 @@ class ParticipantDerivatives(SimpleInterface):
                 "Sources": used,
                 "ReliabilityMethod": inputs.parameters["ReliabilityMethod"],
             })
+        efield = {}
+        if inputs.efield_info_file:
+            efield = json.loads(Path(inputs.efield_info_file).read_text())
+            # its warnings are in the one QualityWarnings list, its columns described per column
+            efield.pop("QualityWarnings", None)
+            efield.pop("Columns", None)
+        if inputs.efield_file:
+            write_nifti(paths["efield"], inputs.efield_file, np.float32)
+            write_json(sidecar(paths["efield"]), {
+                "Description": "Magnitude of the electric field induced by the coil in the pose of "
+                f"the connectivity target ({efield.get('Orientation', 'clinical')} orientation), "
+                "in a sphere fitted to the scalp under the coil, on the BOLD grid.",
+                "Units": "V/m",
+                "Space": inputs.space,
+                **{k: efield[k] for k in ("Model", "Coil", "dIdt_A_per_us", "dIdtNote", "HeadModel",
+                                          "Assumptions", "Map", "References") if k in efield},
+            })
         for key, source_file in (("seed_mask", inputs.seed_file), ("search_mask", inputs.search_file)):
             img = nb.load(source_file)
             mask = nb.Nifti1Image((np.asanyarray(img.dataobj) != 0).astype(np.uint8), img.affine)
@@ -404,6 +429,8 @@ class ParticipantDerivatives(SimpleInterface):
                   "QualityWarnings": list(inputs.quality_warnings or [])}
         if inputs.reliability_file:
             extras["Reliability"] = json.loads(Path(inputs.reliability_file).read_text())
+        if efield:
+            extras["EfieldModel"] = {k: v for k, v in efield.items() if k != "Map"}
         if inputs.seed_quality_file:
             seed_quality = json.loads(Path(inputs.seed_quality_file).read_text())
             for run in seed_quality["PerRun"]:
@@ -431,7 +458,8 @@ class ParticipantDerivatives(SimpleInterface):
                 exported = write_navigation_exports(inputs.output_dir, inputs.subject, table,
                                                     inputs.native_t1w, source_uri(inputs.native_t1w))
             # mm and Fisher z to 2 decimals, unit axes to 4
-            table = table.round({c: 4 if c in sum(AXIS_COLUMNS.values(), ()) else 2 for c in table.columns})
+            table = table.round({c: 4 if c in sum(AXIS_COLUMNS.values(), ()) else
+                                 3 if c in EFIELD_V_PER_M_COLUMNS else 2 for c in table.columns})
             atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
             write_json(sidecar(path), {
                 **{column: {"Description": TARGET_COLUMNS[column]} for column in table.columns},

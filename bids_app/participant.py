@@ -50,7 +50,9 @@ def science_parameters(options):
         search_region_image=options.search_region_image, target_method=options.target_method,
         cluster_percentile=options.cluster_percentile, gm_threshold=options.gm_threshold,
         bootstrap_samples=options.bootstrap_samples, bootstrap_block=options.bootstrap_block,
-        random_seed=options.random_seed, handle_angle=options.handle_angle)
+        random_seed=options.random_seed, handle_angle=options.handle_angle, coil=options.coil,
+        coil_orientation=options.coil_orientation, didt=options.didt,
+        motor_threshold=options.motor_threshold)
 
 
 def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
@@ -101,7 +103,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     if options.bootstrap_samples:
         outputs.append("frequency_file")
     if scalp:
-        outputs.append("measurements_file")
+        outputs += ["measurements_file", "efield_file", "efield_info_file"]
         # the space of the head the plan was made on (its own table, the others mapped from it)
         sink.inputs.plan_space = "T1w" if inputs.native_head else inputs.space
     if other_space:

@@ -421,3 +421,46 @@ def test_report_figure_and_methods_text(tmp_path):
     assert "[1]" in numbered and any("Eaton H" in ref for ref in cited)
     missing = efield_methods(info, {"name": "F3_beam", "efield_target_v_per_m": "n/a"})
     assert "No field was computed for the F3_beam row" in missing
+
+
+@pytest.mark.slow
+def test_the_app_plans_by_the_field_and_writes_the_field(one_run_dataset, tmp_path):
+    """The BIDS App with --coil-orientation efield and a motor threshold: each trusted row's pose
+    is the field's (the exports carry it), the field at the target and both doses are in both
+    tables, the map of the target's pose is a derivative on the BOLD grid with its maximum on the
+    left, under the coil, and the report shows it."""
+    from helpers import run_app
+    from tmstarget import exports
+
+    root, _ = one_run_dataset
+    out = tmp_path / "out"
+    assert run_app(root, out, "--coil-orientation", "efield", "--motor-threshold", "60",
+                   work_dir=tmp_path / "work") == 0
+    tms = out / "sub-01" / "tms"
+    for space in ("MNI152NLin2009cAsym", "T1w"):
+        table = pd.read_csv(tms / f"sub-01_space-{space}_targets.tsv", sep="\t").set_index("name")
+        sidecar = json.loads((tms / f"sub-01_space-{space}_targets.json").read_text())
+        trusted = table[table["scalp_trusted"].astype(str) == "true"]
+        assert set(EFIELD_COLUMNS) <= set(table.columns) and len(trusted) == 5
+        chosen = trusted.drop(index="motor_hand")  # the motor threshold is measured clinically
+        np.testing.assert_array_equal(chosen["handle_angle_deg"], chosen["efield_optimal_angle_deg"])
+        assert (trusted["efield_target_v_per_m"] >= trusted["efield_clinical_v_per_m"] - 1e-3).all()
+        np.testing.assert_allclose(trusted["efield_dose_pct_mso"],
+                                   0.6 * trusted["efield_dose_pct_mt"], atol=0.02)
+        assert sidecar["EfieldModel"]["Orientation"] == "efield"
+        assert all(c in sidecar for c in EFIELD_COLUMNS)  # every column described
+    t1w = pd.read_csv(tms / "sub-01_space-T1w_targets.tsv", sep="\t").set_index("name")
+    poses = {p["name"]: p["pose"] for p in
+             exports.read_nibs_markers((tms / "sub-01_space-T1w_markers.tsv").read_text())}
+    for name, pose in poses.items():
+        np.testing.assert_allclose(pose[:3, 1], t1w.loc[name, [f"coil_yaxis_{c}" for c in "xyz"]]
+                                   .to_numpy(float), atol=1e-3)
+    field_file = out / "sub-01" / "func" / "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-efield_boldmap.nii.gz"
+    field = nb.load(field_file)
+    assert json.loads(field_file.with_name(field_file.name.replace(".nii.gz", ".json")).read_text())["Units"] == "V/m"
+    data = np.asanyarray(field.dataobj)
+    peak = nb.affines.apply_affine(field.affine, np.unravel_index(np.argmax(data), data.shape))
+    mni = pd.read_csv(tms / "sub-01_space-MNI152NLin2009cAsym_targets.tsv", sep="\t").set_index("name")
+    coil = mni.loc["connectivity", ["coil_x", "coil_y", "coil_z"]].to_numpy(float)
+    assert peak[0] < 0 and np.linalg.norm(peak - coil) < 40.0
+    assert "Electric field at the target" in (out / "sub-01.html").read_text()

@@ -7,6 +7,7 @@
                           -> TargetReliability (split half, block bootstrap)
                           -> [MapTargets into T1w] -> SnapToGreyMatter
                           -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
+                                  -> EfieldPlan (field at each target, handle angle, dose, map)
                                                    -> MapTargets (T1w <-> MNI)
                           -> QualityChecks, CollectWarnings (every step's warnings)
 
@@ -29,7 +30,10 @@ from tmstarget.workflows import defaults
 from tmstarget.workflows.combine import CombineRuns
 from tmstarget.workflows.comparators import ScalpTargets
 from tmstarget.workflows.confounds import Denoise
+from tmstarget.workflows.coil_models import DEFAULT_COIL
 from tmstarget.workflows.correlation import SeedCorrelation
+from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US
+from tmstarget.workflows.efield_plan import EfieldPlan
 from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
@@ -46,7 +50,7 @@ INPUT_FIELDS = ["bold_files", "mask_files", "t_rs", "gm_file", "t1w_file", "to_m
 #: What :func:`init_tmstarget_wf` gives on its ``outputnode``.
 OUTPUT_FIELDS = ["targets_file", "other_targets_file", "z_file", "seed_file", "search_file",
                  "runs_file", "reliability_file", "frequency_file", "measurements_file",
-                 "other_measurements_file", "mesh_file",
+                 "other_measurements_file", "mesh_file", "efield_file", "efield_info_file",
                  "info_files", "carpet_files", "seed_quality_file", "quality_warnings", "warnings_file"]
 
 #: What each run's workflow hands to the participant level.
@@ -63,6 +67,7 @@ WARNING_SOURCES = [
     ("quality_checks", "warnings_file"),
     ("scalp_projection", "warnings_file"),
     ("scalp_targets", "measurements_file"),
+    ("efield_plan", "info_file"),
 ]
 
 #: Peak memory (GB) of one Denoise run when the caller gives no estimate: measured 0.8 GB for a
@@ -181,6 +186,10 @@ def init_tmstarget_wf(
     bootstrap_block=defaults.BOOTSTRAP_BLOCK_S,
     random_seed=defaults.RANDOM_SEED,
     handle_angle=defaults.HANDLE_ANGLE_DEG,
+    coil=DEFAULT_COIL,
+    coil_orientation="clinical",
+    didt=DEFAULT_DIDT_A_PER_US,
+    motor_threshold=None,
     denoise_mem_gb=None,
     name="tmstarget_wf",
 ):
@@ -254,6 +263,16 @@ def init_tmstarget_wf(
         Seed of the bootstrap's random draws.
     handle_angle : float
         Coil handle angle from the midline (degrees), pointing posterior-laterally.
+    coil : str
+        Coil model of the E-field plan, a key of
+        :data:`tmstarget.workflows.coil_models.COIL_GEOMETRIES`.
+    coil_orientation : {"clinical", "efield"}
+        The pose of the plan: the clinical handle angle, or the one the field chooses
+        (:mod:`tmstarget.workflows.efield_plan`); both are reported.
+    didt : float
+        Coil current slope the fields are given for (A/us).
+    motor_threshold : float or None
+        Resting motor threshold (% MSO) for the field-based dose in % MSO.
     denoise_mem_gb : float, list of float or None
         Peak memory of each run's Denoise (GB) for the scheduler; None: :data:`DENOISE_MEM_GB`.
     name : str
@@ -308,6 +327,9 @@ def init_tmstarget_wf(
         The same with its points in ``other_space``.
     mesh_file
         Scalp mesh of the head the plan was made on (with ``scalp``).
+    efield_file, efield_info_file
+        |E| (V/m) of the connectivity target's pose on the BOLD grid, and the E-field model's
+        description and warnings (JSON), with ``scalp``.
     info_files, carpet_files
         Per run: the denoising summary and the carpet-plot sample.
     seed_quality_file
@@ -429,6 +451,11 @@ def init_tmstarget_wf(
         projection = pe.Node(ScalpProjection(), name="scalp_projection")
         comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold),
                               name="scalp_targets")
+        # The field of each pose on the plan's head; the map on the BOLD grid of the runs.
+        efield = pe.Node(EfieldPlan(coil=coil, orientation=coil_orientation, didt_a_per_us=didt,
+                                    handle_angle_deg=handle_angle, **(
+                                        {"motor_threshold_pct_mso": motor_threshold}
+                                        if motor_threshold else {})), name="efield_plan")
         workflow.connect([
             (inputnode, projection, [(head_t1w, "t1w_file")]),
             (inputnode, comparators, [(head_gm, "gm_file")]),
@@ -438,13 +465,20 @@ def init_tmstarget_wf(
             # the brain masks tell a skull-stripped head, and which comparators have a z-value
             (merge["mask_file"], projection, [("out", "brain_mask_files")]),
             (merge["mask_file"], comparators, [("out", "mask_files")]),
-            (comparators, plan, [("out_file", "targets_file")]),
+            (comparators, efield, [("out_file", "targets_file"),
+                                   ("measurements_file", "measurements_file")]),
+            (projection, efield, [("mesh_file", "mesh_file")]),
+            (merge["mask_file"], efield, [(("out", _pick, 0), "reference_file")]),  # one grid
+            (efield, plan, [("out_file", "targets_file")]),
+            (efield, outputnode, [("efield_file", "efield_file"), ("info_file", "efield_info_file")]),
             (projection, outputnode, [("mesh_file", "mesh_file")]),
         ])
         if native_head:
             # the MNI landmarks go into T1w as the target did; the z map stays in the runs' space
             workflow.connect([(inputnode, comparators, [("to_other_xfm", "from_mni_xfm"),
-                                                        ("from_other_xfm", "to_map_xfm")])])
+                                                        ("from_other_xfm", "to_map_xfm")]),
+                              # the BOLD grid's MNI points into T1w, where the plan is
+                              (inputnode, efield, [("to_other_xfm", "grid_to_plan_xfm")])])
         else:
             workflow.connect(inputnode, "from_mni_xfm", comparators, "from_mni_xfm")
             if space != "T1w":

@@ -174,6 +174,19 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         "target.") + figure_html(rel(glass), "glass brain", "Glass brain; dots: " + colour_legend(targets["name"])
                                  + "." + ("" if space.startswith("MNI") else f" The outline is the MNI brain's; the map "
                                           f"and the points are in the participant's {space} space, so they match it only roughly."))))
+    # -- the electric field of the connectivity target's pose (EfieldPlan)
+    efield_model = targets_sidecar.get("EfieldModel")
+    if efield_model and paths["efield"].is_file():
+        from tmstarget.reports.efield import efield_methods, plot_efield
+
+        row = targets.set_index("name").loc["connectivity"]
+        field = plot_efield(paths["efield"], underlay, target_xyz,
+                            figures / figure_name(stem, space, "efield", "png"),
+                            coil_xyz=[row.get(f"coil_{c}", np.nan) for c in "xyz"])
+        sections.append(("efield", "Electric field at the target", figure_html(
+            rel(field), "electric field of the coil pose", "|E| of the connectivity target's coil "
+            "pose; white: the half-value contour; green: the target; cyan: the coil centre.")
+            + markdown_to_html(efield_methods(efield_model, row))))
     if t1w:
         regions = draw.plot_regions(underlay, paths["seed_mask"], paths["search_mask"],
                                     figures / figure_name(stem, space, "regions", "png"))
