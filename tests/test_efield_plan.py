@@ -440,7 +440,7 @@ def test_the_app_plans_by_the_field_and_writes_the_field(one_run_dataset, tmp_pa
     for space in ("MNI152NLin2009cAsym", "T1w"):
         table = pd.read_csv(tms / f"sub-01_space-{space}_targets.tsv", sep="\t").set_index("name")
         sidecar = json.loads((tms / f"sub-01_space-{space}_targets.json").read_text())
-        trusted = table[table["scalp_trusted"].astype(str) == "true"]
+        trusted = table[table["scalp_trusted"].astype(str).str.lower() == "true"]
         assert set(EFIELD_COLUMNS) <= set(table.columns) and len(trusted) == 5
         chosen = trusted.drop(index="motor_hand")  # the motor threshold is measured clinically
         np.testing.assert_array_equal(chosen["handle_angle_deg"], chosen["efield_optimal_angle_deg"])
