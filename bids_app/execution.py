@@ -4,10 +4,13 @@ All participants (and runs) of one invocation are one graph: ``--nprocs 1`` runs
 Linear plugin, ``--nprocs N`` with MultiProc, which then works on N steps of any participant at
 once. MultiProc polls its workers every ``poll_sleep_duration`` (2 s by default: each step waited
 for the next poll, 1.8 s on average here); :class:`WakingMultiProc` wakes when a step finishes.
+MultiProc also runs a full garbage collection before every pass that may submit a step (and
+after every step run in the main process); see :func:`frozen_garbage`.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import re
@@ -15,6 +18,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,6 +93,28 @@ class WakingMultiProc(MultiProcPlugin):
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+
+
+@contextmanager
+def frozen_garbage():
+    """Keep the objects alive now out of every garbage collection until the block ends.
+
+    Nipype's MultiProc calls ``gc.collect()`` before each scheduling pass that may submit a step
+    and after each step run in the main process. A full collection walks every object of the
+    main process, which by then holds pybids' index, nilearn, scipy and Nipype's graph: 0.33 s
+    each, 52 of them (17 s of the main process's CPU) for two participants of two runs, during
+    which no step is submitted. ``gc.freeze()`` moves the objects that exist before the graph
+    runs (after one collection, so no garbage is kept) to a permanent generation that collections
+    skip, so each collection walks only what the run has made since; it also spares the forked
+    workers the copy-on-write of pages that the collector would touch. Nothing is computed
+    differently: only when unreachable objects are freed.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _worker_initializer(cwd):
@@ -227,8 +253,9 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None):
                 plugin_args["memory_gb"] = mem_gb
         try:
             if nprocs > 1:
-                runner = WakingMultiProc(plugin_args=plugin_args)
-                workflow.run(plugin=runner)
+                with frozen_garbage():
+                    runner = WakingMultiProc(plugin_args=plugin_args)
+                    workflow.run(plugin=runner)
             else:
                 workflow.run(plugin="Linear", plugin_args=plugin_args)
         except BaseException as err:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from nilearn import masking, signal
 
+from scipy import ndimage
+
 from tmstarget.workflows.confounds import (Denoise, carpet_voxels, cleaning_matrix, confound_regressors,
-                                 read_masked_bold)
+                                           read_masked_bold, smoothing_passes, smoothing_sigmas)
 
 
 def _bold(tmp_path, name, shape=(21, 24, 19, 37), slope=None, dtype=np.int16, seed=0):
@@ -54,6 +56,53 @@ def test_read_masked_bold_equals_nilearn_apply_mask(tmp_path, touch_edge, name, 
         # without smoothing the values are the file's, exactly
         np.testing.assert_array_equal(read_masked_bold(path, mask), np.asanyarray(
             nb.load(path).dataobj)[mask].T)
+
+
+def _ball_mask(shape, centre, radius):
+    """A brain-like (round) mask: most of its bounding box is outside it."""
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    return np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius
+
+
+@pytest.mark.parametrize("where", ["inside", "edge", "corner"])
+@pytest.mark.parametrize("slope", [None, 0.5])
+def test_bounding_box_smoothing_is_byte_identical_to_the_whole_volume(tmp_path, where, slope):
+    """Smoothing only the mask's box (and, after each pass, only the mask's extent on the axes
+    already smoothed) gives, on the mask voxels, exactly the float32 values of scipy's three
+    passes over the whole volume: an independent whole-volume reference, compared bit for bit."""
+    shape = (30, 33, 28, 9)
+    path, affine = _bold(tmp_path, f"bold_{where}.nii.gz", shape=shape, slope=slope)
+    centre, radius = {"inside": ((15, 16, 14), 6.5), "edge": ((3, 16, 14), 7.5),
+                      "corner": ((2, 31, 26), 9.0)}[where]
+    mask = _ball_mask(shape[:3], centre, radius)
+    img = nb.load(path)
+    # the reference: the whole 4-D image as the same float32 operations, smoothed whole
+    data = np.asanyarray(img.dataobj.get_unscaled())
+    volumes = data.astype(np.float32) * np.float32(img.dataobj.slope) if slope else data.astype(np.float32)
+    if slope:
+        volumes += np.float32(img.dataobj.inter)
+    sigmas = smoothing_sigmas(affine, 6.0)
+    assert len(set(np.round(sigmas, 6))) == 3  # one sigma per axis: the axes cannot be swapped
+    for axis in (0, 1, 2):  # x, y, z: nilearn's order
+        ndimage.gaussian_filter1d(volumes, sigmas[axis], axis=axis, output=volumes)
+    reference = volumes[mask].T
+    for chunk in (1, 4):
+        ours = read_masked_bold(path, mask, 6.0, chunk_volumes=chunk)
+        assert ours.dtype == np.float32
+        assert np.array_equal(ours, reference)
+
+
+def test_smoothing_passes_skip_only_what_no_later_pass_reads():
+    mask = np.zeros((10, 12, 14), dtype=bool)
+    mask[2:5, 3:9, 4:6] = True
+    passes = smoothing_passes(mask, (1.0, 2.0, 3.0))
+    assert [(axis, sigma) for axis, sigma, _ in passes] == [(3, 3.0), (2, 2.0), (1, 1.0)]
+    full = slice(None)
+    assert passes[0][2] == (full, full, full, full)
+    assert passes[1][2] == (full, full, full, slice(4, 6))
+    assert passes[2][2] == (full, full, slice(3, 9), slice(4, 6))
+    # a zero sigma is no pass, and the later passes still read only the mask's extent
+    assert [axis for axis, _, _ in smoothing_passes(mask, (1.0, 0.0, 3.0))] == [3, 1]
 
 
 def test_read_masked_bold_refuses_truncated_file_and_wrong_mask(tmp_path):

@@ -150,6 +150,7 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
             box = [slice(max(int(w.min()) - r, 0), min(int(w.max()) + 1 + r, n))
                    for w, r, n in zip(where, radius, mask_zyx.shape)]
     box_mask = mask_zyx[tuple(box)]
+    passes = smoothing_passes(box_mask, sigmas_zyx) if sigmas_zyx is not None else []
     # Masking in file order gives the voxels in Fortran order of the mask: the flat positions in
     # the box, reordered to the C order of the mask, make masking one gather (np.take).
     c_rank = np.zeros(mask.shape, dtype=np.int64)
@@ -181,15 +182,48 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
                 block[non_finite] = 0
             if raw_moments is not None:  # the raw (unsmoothed) BOLD, for the seed quality
                 raw_moments.add(start, block.reshape(count, -1))
-            if sigmas_zyx is not None:
-                # Separable 1-D passes along x, y then z, as nilearn does (axis 3 is x here).
-                for axis, sigma in zip((3, 2, 1), sigmas_zyx[::-1]):
-                    if sigma > 0:
-                        ndimage.gaussian_filter1d(block, sigma, axis=axis, output=block)
+            for axis, sigma, where in passes:
+                view = block[where]
+                ndimage.gaussian_filter1d(view, sigma, axis=axis, output=view)
             np.take(block.reshape(count, -1), gather, axis=1, out=out[start:start + count])
     if raw_moments is not None:
         raw_moments.select(gather)
     return out
+
+
+def smoothing_passes(box_mask, sigmas_zyx):
+    """The separable Gaussian passes of a chunk, each over only the part a later step reads.
+
+    nilearn smooths with 1-D passes along x, then y, then z. After the x pass nothing mixes
+    voxels along x any more, so the y and z passes need only the x positions of the mask, and
+    the z pass only its x and y positions; each pass still runs over whole lines along its own
+    axis, so every value it computes is the one the whole box would give (scipy computes each
+    line on its own), and the masked values are byte-identical (tested). About a fifth of the
+    box is skipped on a brain mask.
+
+    Parameters
+    ----------
+    box_mask : ndarray of bool, shape (z, y, x)
+        The mask inside the chunk's box (file order, x fastest).
+    sigmas_zyx : sequence of 3 floats
+        Gaussian sigma per axis, voxels, in (z, y, x) order.
+
+    Returns
+    -------
+    list of (axis, sigma, index)
+        The chunk axis (1 z, 2 y, 3 x of a (volumes, z, y, x) chunk), its sigma, and the
+        index of the chunk view to smooth in place, in the order to apply them.
+    """
+    where = np.nonzero(box_mask)
+    inner = [slice(int(w.min()), int(w.max()) + 1) if w.size else slice(0, 0) for w in where]
+    view = [slice(None)] * 4
+    passes = []
+    for axis, sigma in zip((3, 2, 1), np.asarray(sigmas_zyx)[::-1]):
+        if sigma > 0:
+            passes.append((axis, float(sigma), tuple(view)))
+        # the axes smoothed so far are not mixed again: only the mask's extent is read on
+        view[axis] = inner[axis - 1]
+    return passes
 
 
 def _read_exactly(stream, array, name):
