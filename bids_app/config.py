@@ -27,6 +27,7 @@ from tmstarget.workflows.defaults import (  # noqa: F401  (re-exported)
 )
 from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL
 from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US, EFIELD_REFERENCES
+from tmstarget.workflows.efield_plan import DEFAULT_COIL_ORIENTATION
 
 #: The coil orientations of ``--coil-orientation``, described (the E-field plan, issue 14).
 COIL_ORIENTATIONS = {
@@ -35,7 +36,6 @@ COIL_ORIENTATIONS = {
     "efield": "the handle angle giving the largest E-field magnitude at each target (1-degree "
     "sweep; the clinical angle kept unless another gains more than 1 %); the exports carry it",
 }
-DEFAULT_COIL_ORIENTATION = "clinical"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tmstarget.workflows.confounds import Denoise
 from tmstarget.workflows.coil_models import DEFAULT_COIL
 from tmstarget.workflows.correlation import SeedCorrelation
 from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US
-from tmstarget.workflows.efield_plan import EfieldPlan
+from tmstarget.workflows.efield_plan import DEFAULT_COIL_ORIENTATION, EfieldPlan
 from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
@@ -187,7 +187,7 @@ def init_tmstarget_wf(
     random_seed=defaults.RANDOM_SEED,
     handle_angle=defaults.HANDLE_ANGLE_DEG,
     coil=DEFAULT_COIL,
-    coil_orientation="clinical",
+    coil_orientation=DEFAULT_COIL_ORIENTATION,
     didt=DEFAULT_DIDT_A_PER_US,
     motor_threshold=None,
     denoise_mem_gb=None,

@@ -54,6 +54,9 @@ MOTOR_ROW = "motor_hand"
 #: more below the casing (tmstarget.workflows.coil_models.figure8_dipoles); the table uses the
 #: 4 mm model.
 MAP_DIPOLE_SPACING_MM = 8.0
+#: The pose of the plan unless asked otherwise (``--coil-orientation``): the clinical handle angle,
+#: how coils are placed today; the field's pose is reported beside it either way.
+DEFAULT_COIL_ORIENTATION = "clinical"
 #: The field's pose replaces the clinical angle only if it gives more than 1 % more |E|: below
 #: that the difference is far inside the model's own error against realistic heads, and the
 #: angle closest to the clinical one within 1 % of the maximum is kept.
