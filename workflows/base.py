@@ -492,39 +492,30 @@ def init_tmstarget_wf(
         notes.append("no desc-preproc_T1w (head T1w) in the space of the runs: the target is computed, "
                      "the scalp stage (scalp point, coil pose, scalp-based comparators) is skipped")
 
+    # The plan's own table (and measurements) and, mapped into the other space, the same again.
+    # With native_head the plan is the T1w table and the runs' space gets it mapped back;
+    # otherwise the plan is the runs' space's table, mapped into other_space when there is one.
+    plan_outputs = [(plan, "targets_file", "targets_file", "out_file")]
+    if scalp:
+        plan_outputs.append((comparators, "measurements_file", "measurements_file",
+                             "measurements_file"))
+    own, mapped = ("other_", "") if native_head else ("", "other_")
     if native_head:
-        # The plan is the native head's (the T1w table); the runs' space gets it mapped back.
-        back = pe.Node(MapTargets(), name=f"map_plan_to_{space}")
-        workflow.connect([
-            (plan, back, [("targets_file", "targets_file")]),
-            (inputnode, back, [("from_other_xfm", "xfm_file")]),
-            (back, outputnode, [("out_file", "targets_file")]),
-            (plan, outputnode, [("targets_file", "other_targets_file")]),
-        ])
-        if scalp:
-            workflow.connect([
-                (comparators, back, [("measurements_file", "measurements_file")]),
-                (back, outputnode, [("measurements_file", "measurements_file")]),
-                (comparators, outputnode, [("measurements_file", "other_measurements_file")]),
-            ])
+        to_mapped = pe.Node(MapTargets(), name=f"map_plan_to_{space}")
+        xfm_field = "from_other_xfm"
+    elif other_space:
+        # a plan on a warped head is measured again in T1w, closer to the patient's head
+        to_mapped = pe.Node(MapTargets(remeasure=other_space == "T1w"), name=f"map_to_{other_space}")
+        xfm_field = "to_other_xfm"
     else:
-        workflow.connect(plan, "targets_file", outputnode, "targets_file")
-        if scalp:
-            workflow.connect(comparators, "measurements_file", outputnode, "measurements_file")
-        if other_space:
-            # a plan on a warped head is measured again in T1w, closer to the patient's head
-            to_other = pe.Node(MapTargets(remeasure=other_space == "T1w"),
-                               name=f"map_to_{other_space}")
-            workflow.connect([
-                (inputnode, to_other, [("to_other_xfm", "xfm_file")]),
-                (plan, to_other, [("targets_file", "targets_file")]),
-                (to_other, outputnode, [("out_file", "other_targets_file")]),
-            ])
-            if scalp:
-                workflow.connect([
-                    (comparators, to_other, [("measurements_file", "measurements_file")]),
-                    (to_other, outputnode, [("measurements_file", "other_measurements_file")]),
-                ])
+        to_mapped = None
+    if to_mapped is not None:
+        workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")
+    for node, output, field, mapped_output in plan_outputs:
+        workflow.connect(node, output, outputnode, own + field)
+        if to_mapped is not None:
+            workflow.connect([(node, to_mapped, [(output, field)]),
+                              (to_mapped, outputnode, [(mapped_output, mapped + field)])])
 
     sources = [(workflow.get_node(node), output) for node, output in WARNING_SOURCES]
     sources = [(node, output) for node, output in sources if node is not None]
