@@ -126,7 +126,7 @@ def test_mapped_coil_normal_is_the_mapped_scalp_normal(tmp_path):
     import pandas as pd
 
     from tmstarget.workflows.coil import coil_pose
-    from tmstarget.workflows.transforms import AXIS_COLUMNS, map_targets_table
+    from tmstarget.workflows.transforms import AXIS_COLUMNS, map_targets_table, points_mapping
 
     scale_shear = np.array([[1.25, 0.18, 0.0], [0.0, 0.85, 0.22], [0.10, 0.0, 1.1]])
     matrix = nb.affines.from_matvec(scale_shear @ synthetic._rotation(np.radians([8.0, -5.0, 12.0])),
@@ -150,7 +150,7 @@ def test_mapped_coil_normal_is_the_mapped_scalp_normal(tmp_path):
             row.update(zip(AXIS_COLUMNS[a], pose[:3, column]))
         rows.append(row)
     table = pd.DataFrame(rows)
-    mapped = map_targets_table(table, path)
+    mapped = map_targets_table(table, points_mapping(path))
 
     for k, outward in enumerate(directions):
         # The mapped surface near the mapped point: a patch of the sphere (±6 degrees), mapped.
@@ -185,7 +185,7 @@ def test_mapped_coil_normal_is_the_mapped_scalp_normal(tmp_path):
 def test_map_measurements_moves_every_point_and_keeps_the_lengths(tmp_path):
     """The scalp measurements' points go through the transform (each sidecar in its own space);
     lengths on the head, the template's published coordinates and texts do not change."""
-    from tmstarget.workflows.transforms import map_measurements
+    from tmstarget.workflows.transforms import map_measurements, points_mapping
 
     matrix = nb.affines.from_matvec(1.05 * synthetic._rotation(np.radians([5.0, -3.0, 8.0])),
                                     [3.0, -7.0, 11.0])
@@ -204,7 +204,7 @@ def test_map_measurements_moves_every_point_and_keeps_the_lengths(tmp_path):
                       "Scalp_mm": [-50.0, -25.0, 75.0]},
         "FiveCm": {"Distance_mm": 50.0, "Scalp_mm": [-48.0, 24.0, 80.0]},
     }
-    mapped = map_measurements(measurements, path)
+    mapped = map_measurements(measurements, points_mapping(path))
     expected = lambda p: np.round(nb.affines.apply_affine(matrix, p), 2)  # noqa: E731
     for group, key in (("Fiducials", "Mapped_mm"), ("Fiducials", "Used_mm"), ("TenTwenty_mm", None)):
         source = measurements[group] if key is None else measurements[group][key]

@@ -59,7 +59,7 @@ from tmstarget.workflows.scalp import (
     project_to_scalp,
 )
 from tmstarget.workflows.surface import Surface
-from tmstarget.workflows.transforms import map_points
+from tmstarget.workflows.transforms import map_points, points_mapping
 
 #: Names of the points published in MNI152NLin2009cAsym mm that are mapped into the space.
 MNI_LANDMARKS = ("Nz", "Iz", "LPA", "RPA", "motor_hand")
@@ -481,8 +481,7 @@ class ScalpTargets(SimpleInterface):
                           mesh["normals"] if "normals" in mesh.files else None)
         mni = mni_landmarks()
         mapped = map_points(mni, inputs.from_mni_xfm) if inputs.from_mni_xfm else mni.copy()
-        to_map_space = ((lambda points: map_points(points, inputs.to_map_xfm))
-                        if isdefined(inputs.to_map_xfm) else None)
+        to_map_space = points_mapping(inputs.to_map_xfm) if isdefined(inputs.to_map_xfm) else None
         if not np.isfinite(mapped).all():
             raise ValueError("the MNI landmarks did not map into the computation space")
         gm_img = nb.load(inputs.gm_file)

@@ -42,6 +42,7 @@ from tmstarget.workflows.efield import (
 )
 from tmstarget.workflows.comparators import POSE_COLUMNS
 from tmstarget.workflows.scalp import format_table_number, project_to_scalp
+from tmstarget.workflows.transforms import points_mapping
 
 #: Columns :class:`EfieldPlan` adds to the targets table.
 EFIELD_COLUMNS = ("handle_angle_deg", "efield_target_v_per_m", "efield_clinical_v_per_m",
@@ -389,12 +390,7 @@ class EfieldPlan(SimpleInterface):
             warnings.append(f"E-field: no row {inputs.map_row!r} with a trusted coil pose: the "
                             "field map is empty.")
         else:
-            to_plan = None
-            if inputs.grid_to_plan_xfm:
-                from tmstarget.workflows.transforms import map_points
-
-                def to_plan(points):
-                    return map_points(points, inputs.grid_to_plan_xfm)
+            to_plan = points_mapping(inputs.grid_to_plan_xfm) if inputs.grid_to_plan_xfm else None
 
             field_map = efield_map_interpolated(
                 reference.shape, reference.affine, coil_model(inputs.coil, MAP_DIPOLE_SPACING_MM),

@@ -69,18 +69,42 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     Points outside the grid of the transform's displacement field are moved by the affine part
     only (nitransforms treats the field as zero there).
     """
-    from nitransforms.manip import load
+    points = _as_points(points_ras)
+    if points.shape[0] == 0:
+        return np.empty((0, 3))
+    return points_mapping(xfm_file)(points)
 
+
+def _as_points(points_ras) -> np.ndarray:
     points = np.atleast_2d(np.asarray(points_ras, dtype=float))
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points_ras must have shape (N, 3), got {np.shape(points_ras)}")
-    if points.shape[0] == 0:
-        return np.empty((0, 3))
+    return points
+
+
+def points_mapping(xfm_file: str | PathLike):
+    """:func:`map_points` with the transform read once: a function ``points_ras -> points``.
+
+    Reading fMRIPrep's composite (its displacement field) costs several times mapping a few
+    hundred points with it (0.65 s against 0.16 s for a 1 mm field), so a step that maps several
+    sets of points through one file reads it once.
+    """
+    from nitransforms.manip import load
+
     with warnings.catch_warnings():
         # points need no reference grid (it is for resampling images): not a warning for us
         warnings.filterwarnings("ignore", message="Reference space not set")
         chain = load(str(xfm_file), fmt="itk")
-        return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
+
+    def mapping(points_ras) -> np.ndarray:
+        points = _as_points(points_ras)
+        if points.shape[0] == 0:
+            return np.empty((0, 3))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Reference space not set")
+            return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
+
+    return mapping
 
 
 #: Point columns of a targets table: each prefix names an (x, y, z) triplet in world mm.
@@ -132,7 +156,7 @@ def _jacobians_from(moved):
     return np.transpose(plus - minus, (0, 2, 1)) / (2.0 * JACOBIAN_STEP_MM)
 
 
-def map_targets_table(table, xfm_file, *, remeasure=False):
+def map_targets_table(table, mapping, *, remeasure=False):
     """A targets table with every point and coil axis mapped into another space.
 
     Points go through the transform; each coil frame goes through the transform's Jacobian at
@@ -144,8 +168,9 @@ def map_targets_table(table, xfm_file, *, remeasure=False):
     ----------
     table : pandas.DataFrame
         Rows of targets with any of :data:`POINT_COLUMNS` and :data:`AXIS_COLUMNS`.
-    xfm_file : path
-        Transform whose reference space is the table's space (see :func:`map_points`).
+    mapping : callable
+        ``points (N, 3) -> points (N, 3)`` from the table's space into the new one
+        (:func:`points_mapping` of a transform whose reference space is the table's space).
     remeasure : bool
         False (a plan made on the participant's own head): the depths, distances and dose
         adjustments are the patient's and are kept, so both tables give one dose per target.
@@ -166,7 +191,7 @@ def map_targets_table(table, xfm_file, *, remeasure=False):
     stacked = np.concatenate(list(blocks.values())) if blocks else np.empty((0, 3))
     valid = np.isfinite(stacked).all(axis=1)
     moved = np.full_like(stacked, np.nan)
-    moved[valid] = map_points(stacked[valid], xfm_file)
+    moved[valid] = mapping(stacked[valid])
     moved = dict(zip(blocks, np.split(moved, np.cumsum(sizes)[:-1]))) if blocks else {}
     for columns in POINT_COLUMNS:
         if columns in moved:
@@ -204,10 +229,11 @@ MEASUREMENT_POINTS = (("Fiducials", "Mapped_mm"), ("Fiducials", "Used_mm"), ("Te
                       ("MotorHand", "Cortex_mm"), ("MotorHand", "Scalp_mm"), ("FiveCm", "Scalp_mm"))
 
 
-def map_measurements(measurements, xfm_file):
+def map_measurements(measurements, mapping):
     """The scalp stage's measurements with their points (:data:`MEASUREMENT_POINTS`) mapped into
-    another space; the head measurements themselves (NI, TT, HC, Beam's X and Y, depths) are the
-    head's and are kept. Each sidecar then gives its coordinates in its own space."""
+    another space by ``mapping`` (as in :func:`map_targets_table`); the head measurements
+    themselves (NI, TT, HC, Beam's X and Y, depths) are the head's and are kept. Each sidecar
+    then gives its coordinates in its own space."""
     mapped = json.loads(json.dumps(measurements))  # a deep copy
     slots = []  # (holder, key) of each point, in order
     for path in MEASUREMENT_POINTS:
@@ -226,7 +252,7 @@ def map_measurements(measurements, xfm_file):
     points = np.array([holder[key] for holder, key in slots], dtype=float)
     valid = np.isfinite(points).all(axis=1)
     moved = np.full_like(points, np.nan)
-    moved[valid] = map_points(points[valid], xfm_file)
+    moved[valid] = mapping(points[valid])
     for (holder, key), point, ok in zip(slots, moved, valid):
         if ok:
             holder[key] = [round(float(v), 2) for v in point]
@@ -257,14 +283,14 @@ class MapTargets(SimpleInterface):
 
     def _run_interface(self, runtime):
         table = pd.read_csv(self.inputs.targets_file, sep="\t", na_values="n/a")
+        mapping = points_mapping(self.inputs.xfm_file)  # read once for the table and measurements
         out = Path(runtime.cwd) / "targets_mapped.tsv"
-        map_targets_table(table, self.inputs.xfm_file, remeasure=self.inputs.remeasure).to_csv(
+        map_targets_table(table, mapping, remeasure=self.inputs.remeasure).to_csv(
             out, sep="\t", index=False, float_format="%.4f", na_rep="n/a")
         self._results["out_file"] = str(out)
         if isdefined(self.inputs.measurements_file):
             measurements = json.loads(Path(self.inputs.measurements_file).read_text())
             mapped = Path(runtime.cwd) / "measurements_mapped.json"
-            mapped.write_text(json.dumps(map_measurements(measurements, self.inputs.xfm_file),
-                                         indent=2))
+            mapped.write_text(json.dumps(map_measurements(measurements, mapping), indent=2))
             self._results["measurements_file"] = str(mapped)
         return runtime
