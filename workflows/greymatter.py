@@ -90,14 +90,12 @@ def snap_to_grey_matter(points, gm_data, affine, *, threshold: float = 0.5):
     in_gm[inside] = gm[tuple(ijk[inside].T)]
     outside = np.flatnonzero(finite)[~in_gm]
     if len(outside):
-        gm_points = apply_affine(affine, np.argwhere(gm))
-        _, nearest = cKDTree(gm_points).query(points[outside])
-        snapped[outside] = gm_points[nearest]
+        snapped[outside] = cortical_point_beneath(points[outside], apply_affine(affine, np.argwhere(gm)))
     return snapped, np.linalg.norm(snapped - points, axis=1)
 
 
 def cortical_point_beneath(scalp_point, gm_points, *, tree=None) -> np.ndarray:
-    """The grey-matter voxel centre nearest a scalp point (world mm).
+    """The grey-matter voxel centre nearest a scalp point (world mm); for (K, 3) points, (K, 3).
 
     ``gm_points`` from :func:`grey_matter_points`; ``tree`` may pass a ``cKDTree`` of them.
     """
