@@ -3,9 +3,11 @@ and comparing output trees. Fixtures that make datasets are in ``conftest.py``."
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
+import nibabel as nb
 import numpy as np
 import pandas as pd
 
@@ -70,3 +72,16 @@ def assert_same_outputs(out, reference):
     assert not differing, f"files differ: {differing}"
     assert any(name.endswith("_boldmap.nii.gz") for name in digest)
     assert any(name.endswith("_targets.tsv") for name in digest)
+
+
+def copy_with_a_short_run(root, destination, n_volumes=80):
+    """A copy of a dataset whose first session's run 1 (BOLD and confounds) is cut to ``n_volumes``;
+    returns the cut BOLD's path."""
+    shutil.copytree(root, destination)
+    bold = sorted(Path(destination).glob("sub-01/ses-1/func/*run-1*desc-preproc_bold.nii.gz"))[0]
+    img = nb.load(bold)
+    nb.Nifti1Image(np.asanyarray(img.dataobj)[..., :n_volumes], img.affine, img.header).to_filename(bold)
+    confounds = bold.with_name(bold.name.split("_space-")[0] + "_desc-confounds_timeseries.tsv")
+    pd.read_csv(confounds, sep="\t").iloc[:n_volumes].to_csv(confounds, sep="\t", index=False,
+                                                             na_rep="n/a")
+    return bold

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tmstarget.synthetic import make_fmriprep_dataset
-from helpers import FAST, connectivity_row, distance_mm, run_app
+from helpers import FAST, connectivity_row, copy_with_a_short_run, distance_mm, run_app
 from tmstarget.workflows.reliability import (
     block_bootstrap_counts,
     grade_reliability,
@@ -225,19 +225,9 @@ def test_too_little_data_in_total_fails_without_a_target(one_run_dataset, tmp_pa
 def test_a_short_run_is_dropped_with_a_warning_and_the_rest_used(three_run_dataset, tmp_path, caplog):
     """One of four runs cut to 80 volumes (160 s, under --min-time 240 s): it is dropped, named in a
     warning and in DataSufficiency, and the target comes from the other three."""
-    import shutil
-
-    import pandas as pd
-
     root, truth = three_run_dataset
     data = tmp_path / "fmriprep"
-    shutil.copytree(root, data)
-    bold = sorted(data.glob("sub-01/ses-1/func/*run-1*desc-preproc_bold.nii.gz"))[0]
-    img = nb.load(bold)
-    nb.Nifti1Image(np.asanyarray(img.dataobj)[..., :80], img.affine, img.header).to_filename(bold)
-    confounds = bold.with_name(bold.name.split("_space-")[0] + "_desc-confounds_timeseries.tsv")
-    table = pd.read_csv(confounds, sep="\t")
-    table.iloc[:80].to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    bold = copy_with_a_short_run(root, data, n_volumes=80)
 
     with caplog.at_level("WARNING", logger="tmstarget"):
         assert run_app(data, tmp_path / "out", "--bootstrap-samples", "50", work_dir=tmp_path / "work") == 0

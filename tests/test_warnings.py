@@ -2,15 +2,11 @@
 ``QualityWarnings`` in the targets sidecar and printed once on the console."""
 
 import json
-import shutil
 import subprocess
 
-import nibabel as nb
-import numpy as np
-import pandas as pd
 import pytest
 
-from helpers import cli_command, cli_environment
+from helpers import cli_command, cli_environment, copy_with_a_short_run
 from tmstarget.workflows.quality import collect_warnings, quality_warnings, read_warnings
 
 MNI = "MNI152NLin2009cAsym"
@@ -56,12 +52,7 @@ def test_a_dropped_run_reaches_the_sidecar_and_the_console_once(three_run_datase
     targets sidecar once and on the console (the app's stderr, default verbosity) once."""
     root, _ = three_run_dataset
     data = tmp_path / "fmriprep"
-    shutil.copytree(root, data)
-    bold = sorted(data.glob("sub-01/ses-1/func/*run-1*desc-preproc_bold.nii.gz"))[0]
-    img = nb.load(bold)
-    nb.Nifti1Image(np.asanyarray(img.dataobj)[..., :80], img.affine, img.header).to_filename(bold)
-    confounds = bold.with_name(bold.name.split("_space-")[0] + "_desc-confounds_timeseries.tsv")
-    pd.read_csv(confounds, sep="\t").iloc[:80].to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    bold = copy_with_a_short_run(root, data, n_volumes=80)
 
     out = tmp_path / "out"
     done = subprocess.run(cli_command(data, out, tmp_path / "work", "--bootstrap-samples", "20",
