@@ -13,11 +13,12 @@ may be shared: wall times are noisy, the ratios and CPU times less so). It print
   participant of 300 volumes (97 x 115 x 97, TR 2 s, the package's generator, real MNI head when
   ``../shared/data`` is there);
 - **default run**: ``tmstarget DIR OUT participant`` as a user runs it (report and 1000-sample
-  bootstrap on), its stages and peak RSS (of the process tree, against one float32 copy of the BOLD);
+  bootstrap on), its stages and peak memory (PSS of the process tree, against one float32 copy of
+  the BOLD);
 - **no report**: the same with ``--no-report``;
 - **1,000 participants**: one small participant (4 mm, 160 volumes) alone, then inside a tree of
   1,000 fMRIPrep-shaped participants (``benchmarks/large_tree.py``, 66,000 files), the extra wall
-  time and peak RSS; and with a shared ``--bids-database-dir`` (its one-off build is timed too
+  time and peak memory; and with a shared ``--bids-database-dir`` (its one-off build is timed too
   when ``--database`` is given: minutes);
 - **--nprocs 1 vs 2** on two participants of two runs each (2 mm, 150 volumes), the ratio of wall
   times.
@@ -68,13 +69,15 @@ def machine():
 
 
 def measure(command, env=None, cwd=None):
-    """Run ``command`` in a fresh process; return (wall s, peak RSS of its tree in MB, output, CPU s).
+    """Run ``command`` in a fresh process; return (wall s, peak memory of its tree in MB, output, CPU s).
 
     CPU seconds (user + system of the whole tree, from ``getrusage``) are less sensitive than
     wall time to other work on a shared machine.
 
-    The RSS of the process and all its descendants is summed every 50 ms with psutil (without
-    psutil: the largest single child's peak from ``getrusage``, which misses parallel children).
+    The memory of the process and all its descendants is summed every 50 ms with psutil, as PSS
+    where Linux gives it (proportional set size: a page shared by forked processes counted once,
+    split among them; their RSS would count it in each), else RSS. Without psutil: the largest
+    single child's peak RSS from ``getrusage``, which misses parallel children.
     """
     import resource
 
@@ -86,11 +89,17 @@ def measure(command, env=None, cwd=None):
     try:
         import psutil
 
+        def memory(process):
+            try:
+                return process.memory_full_info().pss
+            except (AttributeError, psutil.AccessDenied):
+                return process.memory_info().rss
+
         def sample():
             root = psutil.Process(proc.pid)
             while proc.poll() is None:
                 try:
-                    total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                    total = sum(memory(p) for p in [root, *root.children(recursive=True)])
                     peak[0] = max(peak[0], total)
                 except psutil.Error:
                     pass
@@ -162,26 +171,26 @@ def run_tmstarget(data, scratch, flags, label):
     out, work = scratch / f"out_{label}", scratch / f"work_{label}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    wall, rss, _, cpu = measure([sys.executable, "-m", "tmstarget.cli", str(data), str(out),
+    wall, memory, _, cpu = measure([sys.executable, "-m", "tmstarget.cli", str(data), str(out),
                                  "participant", "-w", str(work), *flags], cwd=REPO)
-    return dict(wall=wall, rss=rss, cpu=cpu, out=out, work=work)
+    return dict(wall=wall, memory=memory, cpu=cpu, out=out, work=work)
 
 
 def repeated(repeats, run):
-    """``run()`` ``repeats`` times: the medians of wall, CPU and RSS, and the last result."""
+    """``run()`` ``repeats`` times: the medians of wall, CPU and memory, and the last result."""
     results = [run() for _ in range(repeats)]
-    median = {key: float(np.median([r[key] for r in results])) for key in ("wall", "cpu", "rss")}
+    median = {key: float(np.median([r[key] for r in results])) for key in ("wall", "cpu", "memory")}
     median["walls"] = [r["wall"] for r in results]
     return {**results[-1], **median}
 
 
 def floor_time(bolds):
-    wall, rss, _, cpu = measure([sys.executable, "-c", FLOOR, *bolds])
-    return dict(wall=wall, rss=rss, cpu=cpu)
+    wall, memory, _, cpu = measure([sys.executable, "-c", FLOOR, *bolds])
+    return dict(wall=wall, memory=memory, cpu=cpu)
 
 
 def line(name, result, ratio=None, goal=None, extra=""):
-    text = f"{name:34s} {result['wall']:7.1f} s {result['cpu']:7.1f} s {result['rss']:7.0f} MB"
+    text = f"{name:34s} {result['wall']:7.1f} s {result['cpu']:7.1f} s {result['memory']:7.0f} MB"
     if ratio is not None:
         verdict = "" if goal is None else ("  meets" if ratio <= goal else "  misses") + f" goal {goal:g}x"
         text += f"  {ratio:5.2f}x{verdict}"
@@ -207,7 +216,7 @@ def main(argv=None):
     args.data_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"# tmstarget benchmark (issue 13)\nmachine: {machine()}\nmedian of {args.repeats} run(s) "
-          "each; wall, CPU (user + system of the process tree), peak RSS")
+          "each; wall, CPU (user + system of the process tree), peak memory (PSS)")
     summary = {}
 
     # 1. the default run against the floor
@@ -217,7 +226,7 @@ def main(argv=None):
     scratch = args.data_dir / "runs"
     scratch.mkdir(exist_ok=True)
     print(f"\n## one participant, 1 run x 300 volumes, 2 mm (float32 BOLD {bold_mb:.0f} MB)")
-    print(f"{'':34s} {'wall':>9s} {'CPU':>9s} {'peak RSS':>10s}  wall/floor")
+    print(f"{'':34s} {'wall':>9s} {'CPU':>9s} {'peak memory':>11s}  wall/floor")
     floor = repeated(args.repeats, lambda: floor_time(bolds))
     line("floor (nibabel float32 read)", floor)
     default = repeated(args.repeats, lambda: run_tmstarget(data, scratch, args.flags, "default"))
@@ -227,7 +236,7 @@ def main(argv=None):
                                                              "noreport"))
     line("--no-report", no_report, no_report["wall"] / floor["wall"], 1.2,
          f"  CPU {no_report['cpu'] / floor['cpu']:.2f}x")
-    print(f"peak RSS {default['rss']:.0f} MB: {default['rss'] / bold_mb:.2f} of one float32 copy of the "
+    print(f"peak memory {default['memory']:.0f} MB: {default['memory'] / bold_mb:.2f} of one float32 copy of the "
           f"BOLD (goal < 1); target {target_error(default['out'], truth):.1f} mm from the planted one")
     stages = stage_times(default["work"])
     print("stages of the last default run (s): " + ", ".join(
@@ -252,18 +261,18 @@ def main(argv=None):
         line("alone", alone)
         inside = repeated(args.repeats, lambda: run_tmstarget(tree, scratch, flags, "tree"))
         line(f"in the {args.participants}-participant tree", inside,
-             extra=f"  {inside['wall'] - alone['wall']:+.1f} s, {inside['rss'] - alone['rss']:+.0f} MB "
+             extra=f"  {inside['wall'] - alone['wall']:+.1f} s, {inside['memory'] - alone['memory']:+.0f} MB "
              f"(goal +2 s, +100 MB)")
         summary.update(alone=alone, tree=inside, n_files=n_files)
         if args.database:
             database = args.data_dir / "large_tree_db"
             shutil.rmtree(database, ignore_errors=True)
-            wall, rss, _, cpu = measure([sys.executable, "-m", "tmstarget.collect", str(tree), str(database)])
-            line("build --bids-database-dir (once)", dict(wall=wall, rss=rss, cpu=cpu))
+            wall, memory, _, cpu = measure([sys.executable, "-m", "tmstarget.collect", str(tree), str(database)])
+            line("build --bids-database-dir (once)", dict(wall=wall, memory=memory, cpu=cpu))
             shared = repeated(args.repeats, lambda: run_tmstarget(
                 tree, scratch, [*flags, "--bids-database-dir", str(database)], "database"))
             line("in the tree, shared database", shared,
-                 extra=f"  {shared['wall'] - alone['wall']:+.1f} s, {shared['rss'] - alone['rss']:+.0f} MB")
+                 extra=f"  {shared['wall'] - alone['wall']:+.1f} s, {shared['memory'] - alone['memory']:+.0f} MB")
             summary.update(database=shared)
 
     # 3. --nprocs on two participants
@@ -298,31 +307,31 @@ def main(argv=None):
 def markdown_table(s):
     """The README's Performance table from the measurements."""
     f, d, n = s["floor"], s["default"], s["no_report"]
-    rows = ["| what | wall (median) | CPU | peak RSS | ratio | goal |", "|---|---|---|---|---|---|",
+    rows = ["| what | wall (median) | CPU | peak memory | ratio | goal |", "|---|---|---|---|---|---|",
             f"| floor: nibabel reads the BOLD as float32 | {f['wall']:.1f} s | {f['cpu']:.1f} s "
-            f"| {f['rss']:.0f} MB | 1 | |",
-            f"| default run (report, bootstrap) | {d['wall']:.1f} s | {d['cpu']:.1f} s | {d['rss']:.0f} MB "
+            f"| {f['memory']:.0f} MB | 1 | |",
+            f"| default run (report, bootstrap) | {d['wall']:.1f} s | {d['cpu']:.1f} s | {d['memory']:.0f} MB "
             f"| {d['wall'] / f['wall']:.2f}x floor (CPU {d['cpu'] / f['cpu']:.2f}x) | 1.5x |",
-            f"| `--no-report` | {n['wall']:.1f} s | {n['cpu']:.1f} s | {n['rss']:.0f} MB "
+            f"| `--no-report` | {n['wall']:.1f} s | {n['cpu']:.1f} s | {n['memory']:.0f} MB "
             f"| {n['wall'] / f['wall']:.2f}x floor (CPU {n['cpu'] / f['cpu']:.2f}x) | 1.2x |",
-            f"| peak RSS of the default run | | | {d['rss']:.0f} MB | {d['rss'] / s['bold_mb']:.2f} of the "
+            f"| peak memory of the default run | | | {d['memory']:.0f} MB | {d['memory'] / s['bold_mb']:.2f} of the "
             f"float32 BOLD ({s['bold_mb']:.0f} MB) | < 1 |"]
     if "tree" in s:
         a, t = s["alone"], s["tree"]
         rows.append(f"| one participant in a 1,000-participant tree ({s['n_files']} files) vs alone "
                     f"| {t['wall']:.1f} s vs {a['wall']:.1f} s | {t['cpu']:.1f} s vs {a['cpu']:.1f} s "
-                    f"| {t['rss']:.0f} vs {a['rss']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
-                    f"{t['rss'] - a['rss']:+.0f} MB | +2 s, +100 MB |")
+                    f"| {t['memory']:.0f} vs {a['memory']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
+                    f"{t['memory'] - a['memory']:+.0f} MB | +2 s, +100 MB |")
     if "database" in s:
         a, t = s["alone"], s["database"]
         rows.append(f"| the same with a shared `--bids-database-dir` | {t['wall']:.1f} s | {t['cpu']:.1f} s "
-                    f"| {t['rss']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
-                    f"{t['rss'] - a['rss']:+.0f} MB | |")
+                    f"| {t['memory']:.0f} MB | {t['wall'] - a['wall']:+.1f} s, "
+                    f"{t['memory'] - a['memory']:+.0f} MB | |")
     if "np1" in s:
         one, two = s["np1"], s["np2"]
         rows.append(f"| two participants x 2 runs: `--nprocs 2` vs `1` | {two['wall']:.1f} s vs "
-                    f"{one['wall']:.1f} s | {two['cpu']:.1f} s vs {one['cpu']:.1f} s | {two['rss']:.0f} vs "
-                    f"{one['rss']:.0f} MB | {two['wall'] / one['wall']:.2f}x | about 0.5x |")
+                    f"{one['wall']:.1f} s | {two['cpu']:.1f} s vs {one['cpu']:.1f} s | {two['memory']:.0f} vs "
+                    f"{one['memory']:.0f} MB | {two['wall'] / one['wall']:.2f}x | about 0.5x |")
     return "\n".join(rows)
 
 

@@ -76,6 +76,14 @@ def _choices_help(intro, descriptions):
     return text.replace("%", "%%")
 
 
+def available_cpus():
+    """The CPUs this process may run on: its affinity (a SLURM task's or container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def build_parser():
     # allow_abbrev=False: no prefix matching, so --mem is --mem (megabytes, as fMRIPrep reads it),
     # never a silent --mem-gb, and a misspelled flag is an error, not another flag.
@@ -180,9 +188,14 @@ def build_parser():
     g.add_argument("-w", "--work-dir", type=_path, metavar="DIR",
                    help="Nipype work dir; re-using it skips finished steps (default: $TMPDIR/tmstarget_work)")
     # fMRIPrep's and XCP-D's spellings, with their meanings and units.
-    g.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, default=1, metavar="N",
-                   dest="nprocs", help="parallel processes (fMRIPrep's --nthreads/--n-cpus too)")
-    g.add_argument("--omp-nthreads", type=int, default=1, metavar="N", help="threads per process")
+    g.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=int, default=available_cpus(),
+                   metavar="N", dest="nprocs",
+                   help="CPUs to use: parallel steps, and processes within a step when there are fewer "
+                   "runs than CPUs (fMRIPrep's --nthreads/--n-cpus too; default: the CPUs this process "
+                   f"may run on, {available_cpus()} here); the outputs are the same for any N")
+    g.add_argument("--omp-nthreads", type=int, default=1, metavar="N",
+                   help="threads per process, for BLAS and decompression (default 1: the BLAS thread count "
+                   "changes the rounding of matrix products, so the same N gives the same bytes)")
     memory = g.add_mutually_exclusive_group()
     memory.add_argument("--mem-gb", type=float, metavar="GB", dest="mem_gb",
                         help="memory limit for the scheduler, gigabytes")
@@ -397,7 +410,7 @@ def run_participants(collected, options, output_dir, source_dir, work_dir, args)
     from tmstarget.participant import init_participants_wf
 
     workflow = init_participants_wf(collected, options, output_dir, source_dir,
-                                    report=not getattr(args, "no_report", False))
+                                    report=not getattr(args, "no_report", False), cpus=args.nprocs)
     labels = {(inputs.subject, number): label for inputs in collected
               for number, label in run_labels(inputs, options.task_id).items()}
     return run_graph(workflow, work_dir, nprocs=args.nprocs, mem_gb=args.mem_gb, run_labels=labels)

@@ -55,7 +55,13 @@ def science_parameters(options):
         motor_threshold=options.motor_threshold)
 
 
-def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True):
+#: At most this many processes share one step (fMRIPrep caps its threads per process at 8 too):
+#: each reading process decompresses the whole BOLD, so more would mostly repeat that.
+MAX_PROCESSES_PER_STEP = 8
+
+
+def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True,
+                        denoise_processes=1, report_processes=1):
     """The science workflow of one participant, with its derivatives and report.
 
     Parameters
@@ -69,6 +75,9 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     name : str, optional
     report : bool
         Append the :class:`tmstarget.reports.ParticipantReport` node (``sub-<label>.html``).
+    denoise_processes, report_processes : int
+        Processes each run's Denoise and the report work with (their outputs are the same for
+        any number).
     """
     workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
     other_space = inputs.other_space if inputs.to_other_xfm else None
@@ -78,7 +87,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
         other_space=other_space,
         # the face reads the headers (the graph never does): the scheduler's memory estimate
         denoise_mem_gb=[denoise_mem_gb(run.bold, run.mask) for run in inputs.runs],
-        name=SCIENCE_WF_NAME, **science_parameters(options))
+        denoise_processes=denoise_processes, name=SCIENCE_WF_NAME, **science_parameters(options))
     given = dict(bold_files=[run.bold for run in inputs.runs], mask_files=[run.mask for run in inputs.runs],
                  t_rs=[run.t_r for run in inputs.runs], gm_file=inputs.gm, t1w_file=inputs.t1w,
                  to_mni_xfm=inputs.to_mni_xfm, from_mni_xfm=inputs.from_mni_xfm,
@@ -122,6 +131,7 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
         report_node = pe.Node(ParticipantReport(
             output_dir=str(output_dir), subject=inputs.subject, space=inputs.space, task=options.task_id,
             seed_name=options.seed_name, confounds_files=[run.confounds for run in inputs.runs],
+            processes=report_processes,
             **{key: value for key, value in (("t1w", inputs.t1w), ("other_space", inputs.other_space),
                                              ("source_version", inputs.source_version)) if value}),
             name="report", run_without_submitting=True)
@@ -137,9 +147,22 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     return workflow
 
 
-def init_participants_wf(collected, options, output_dir, source_dir, report=True):
-    """One graph holding every participant of an invocation (scheduled together by MultiProc)."""
+def init_participants_wf(collected, options, output_dir, source_dir, report=True, cpus=1):
+    """One graph holding every participant of an invocation (scheduled together by MultiProc).
+
+    ``cpus`` (``--nprocs``) are shared out: when there are fewer runs than CPUs, each run's
+    Denoise reads with several processes (up to :data:`MAX_PROCESSES_PER_STEP`). The reports run
+    in the main process, outside the scheduler's count, mostly at the end when the CPUs are free:
+    each draws with all of them (up to the same cap).
+    """
+    n_runs = sum(len(inputs.runs) for inputs in collected)
+
+    def share(n_steps):
+        return max(1, min(cpus // max(n_steps, 1), MAX_PROCESSES_PER_STEP))
+
     workflow = pe.Workflow(name=PARTICIPANTS_WF_NAME)
-    workflow.add_nodes([init_participant_wf(inputs, options, output_dir, source_dir, report=report)
+    workflow.add_nodes([init_participant_wf(inputs, options, output_dir, source_dir, report=report,
+                                            denoise_processes=share(n_runs),
+                                            report_processes=share(1))
                         for inputs in collected])
     return workflow

@@ -90,6 +90,32 @@ def test_bounding_box_smoothing_is_byte_identical_to_the_whole_volume(tmp_path, 
         ours = read_masked_bold(path, mask, 6.0, chunk_volumes=chunk)
         assert ours.dtype == np.float32
         assert np.array_equal(ours, reference)
+    # cut along x among processes, each over its slab grown by the kernel radius: the same bits
+    for processes in (2, 3):
+        assert np.array_equal(read_masked_bold(path, mask, 6.0, chunk_volumes=4, processes=processes),
+                              reference)
+
+
+def test_processes_share_the_read_and_give_the_same_moments(tmp_path):
+    """Slabs of x read by 3 processes: the smoothed values and the raw BOLD's sums of the seed
+    quality are those of one process, bit for bit (random data: a slab not grown by the kernel
+    radius, or a column written by the wrong process, would change them)."""
+    from tmstarget.workflows import confounds
+    from tmstarget.workflows.seed_quality import RawMoments
+
+    path, _ = _bold(tmp_path, "bold.nii.gz", shape=(30, 33, 28, 11), slope=0.5)
+    mask = _ball_mask((30, 33, 28), (14, 16, 14), 11.0)
+    results = {}
+    for processes in (1, 3):
+        moments = RawMoments(np.arange(2, 11))
+        values = read_masked_bold(path, mask, 6.0, chunk_volumes=3, raw_moments=moments,
+                                  processes=processes)
+        results[processes] = values, *moments.mean_std()
+    for one, three in zip(results[1], results[3]):
+        assert np.array_equal(one, three)
+    slabs = confounds._x_slabs(np.concatenate([[0], np.cumsum(mask.sum(axis=(1, 2)))]), 3)
+    assert len(slabs) == 3 and slabs[0][0] == 0 and slabs[-1][1] == 30
+    assert all(a[1] == b[0] for a, b in zip(slabs, slabs[1:]))  # the slabs tile x
 
 
 def test_smoothing_passes_skip_only_what_no_later_pass_reads():

@@ -118,6 +118,28 @@ def test_report_shows_reliability_and_data_sufficiency_when_the_sidecar_has_them
     assert "The reliability of the target was graded 'B'" in (copy / "sub-01" / "log" / "CITATION.md").read_text()
 
 
+def test_figures_are_the_same_files_whichever_process_draws_them(mni_run, one_run_dataset, tmp_path):
+    """The report drawn by one process and shared among three (forked) gives the same bytes."""
+    from tmstarget.reports import write_participant_report
+
+    out, work, _ = mni_run
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
+    bold = json.loads((denoise / "denoise.json").read_text())["BoldFile"]
+    t1w = next(Path(one_run_dataset[0]).rglob(f"sub-01_space-{SPACE}_desc-preproc_T1w.nii.gz"))
+    drawn = {}
+    for processes in (1, 3):
+        copy = tmp_path / f"out{processes}"
+        shutil.copytree(out, copy)
+        shutil.rmtree(copy / "sub-01" / "figures")
+        written = write_participant_report(
+            copy, "01", SPACE, "rest", "sgACC", [denoise / "denoise.json"], [denoise / "carpet.npz"],
+            [bold.split("_space-")[0] + "_desc-confounds_timeseries.tsv"], t1w=t1w,
+            mesh_file=next(Path(work).rglob("scalp_mesh.npz")), processes=processes)
+        drawn[processes] = {p.relative_to(copy): p.read_bytes() for p in written}
+    assert len([p for p in drawn[1] if p.parent.name == "figures"]) >= 7  # head, slices, ... carpet
+    assert drawn[1] == drawn[3]
+
+
 def test_report_without_head_t1w(mni_run, tmp_path):
     """Without the scalp mesh the report draws no head and says why."""
     from tmstarget.reports import write_participant_report

@@ -83,7 +83,8 @@ def _pick(items, index):
 
 def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESHOLD_MM,
                 high_pass=defaults.HIGH_PASS_HZ, low_pass=defaults.LOW_PASS_HZ,
-                smoothing_fwhm=defaults.SMOOTHING_FWHM_MM, mem_gb=DENOISE_MEM_GB, name="run_wf"):
+                smoothing_fwhm=defaults.SMOOTHING_FWHM_MM, mem_gb=DENOISE_MEM_GB, processes=1,
+                name="run_wf"):
     """Denoise one BOLD run, extract its seed time series and correlate it with every voxel.
 
     Workflow Graph
@@ -105,6 +106,9 @@ def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESH
         Gaussian smoothing (mm FWHM).
     mem_gb : float
         Denoise's peak memory (GB), for the scheduler (``--nprocs`` with ``--mem-gb``).
+    processes : int
+        Processes Denoise reads and smooths the BOLD with (the same values for any number), and
+        the CPUs the scheduler reserves for it.
     name : str
 
     Inputs
@@ -136,9 +140,10 @@ def init_run_wf(*, confounds=defaults.CONFOUNDS, fd_threshold=defaults.FD_THRESH
     inputnode = pe.Node(niu.IdentityInterface(fields=["bold_file", "mask_file", "t_r", "seed_file"]),
                         name="inputnode")
     denoise = pe.Node(Denoise(strategy=confounds, fd_threshold=fd_threshold, high_pass=high_pass,
-                              low_pass=low_pass, smoothing_fwhm=smoothing_fwhm), name="denoise",
-                      # the scheduler's estimate, so that --nprocs with --mem-gb never overcommits memory
-                      mem_gb=mem_gb)
+                              low_pass=low_pass, smoothing_fwhm=smoothing_fwhm, processes=processes),
+                      name="denoise",
+                      # the scheduler's estimates, so that --nprocs with --mem-gb never overcommits
+                      mem_gb=mem_gb, n_procs=processes)
     seed = pe.Node(SeedTimeseries(), name="seed_timeseries")
     correlate = pe.Node(SeedCorrelation(), name="seed_correlation", mem_gb=2.0)
     outputnode = pe.Node(niu.IdentityInterface(fields=RUN_OUTPUTS), name="outputnode")
@@ -191,6 +196,7 @@ def init_tmstarget_wf(
     didt=DEFAULT_DIDT_A_PER_US,
     motor_threshold=None,
     denoise_mem_gb=None,
+    denoise_processes=1,
     name="tmstarget_wf",
 ):
     """Connectivity-guided left-DLPFC TMS target of one participant from fMRIPrep outputs.
@@ -275,6 +281,8 @@ def init_tmstarget_wf(
         Resting motor threshold (% MSO) for the field-based dose in % MSO.
     denoise_mem_gb : float, list of float or None
         Peak memory of each run's Denoise (GB) for the scheduler; None: :data:`DENOISE_MEM_GB`.
+    denoise_processes : int
+        Processes each run's Denoise reads and smooths its BOLD with (see :func:`init_run_wf`).
     name : str
 
     Inputs
@@ -369,7 +377,8 @@ def init_tmstarget_wf(
     for index in range(n_runs):
         run_wf = init_run_wf(confounds=confounds, fd_threshold=fd_threshold, high_pass=high_pass,
                              low_pass=low_pass, smoothing_fwhm=smoothing_fwhm,
-                             mem_gb=denoise_mem_gb[index], name=f"run_{index + 1:02d}_wf")
+                             mem_gb=denoise_mem_gb[index], processes=denoise_processes,
+                             name=f"run_{index + 1:02d}_wf")
         workflow.connect([
             (inputnode, run_wf, [(("bold_files", _pick, index), "inputnode.bold_file"),
                                  (("mask_files", _pick, index), "inputnode.mask_file"),

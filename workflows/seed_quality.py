@@ -151,6 +151,14 @@ class RawMoments:
                 a[columns] for a in (self.reference, self.total, self.squares))
         self._buffer = None
 
+    def concatenate(self, parts):
+        """Take as this one's the sums of ``parts``: the same volumes, successive sets of voxels."""
+        self.count = parts[0].count
+        if parts[0].reference is not None:
+            self.reference, self.total, self.squares = (
+                np.concatenate([getattr(p, name) for p in parts]) for name in ("reference", "total", "squares"))
+        self._buffer = None
+
     def mean_std(self):
         """Temporal mean and standard deviation (ddof 1) of each voxel, float64."""
         if not self.count:

@@ -11,6 +11,7 @@ nilearn's plotting (about half a second to import) is imported by the functions 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from tmstarget.derivatives import atomic_write  # noqa: E402
 from tmstarget.reports.palette import DPI, TARGET_COLOURS, WIDTH_IN  # noqa: E402
+from tmstarget.workflows.parallel import run_parts  # noqa: E402
 
 #: PNG compression: zlib level 1 encodes several times faster than the default 6, for files
 #: about a third larger; the pixels are the same.
@@ -47,6 +49,19 @@ def save_figure(fig, path):
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, **_save_options(path)))
     plt.close(fig)
     return Path(path)
+
+
+def draw_all(drawings, processes=1):
+    """Draw the report's figures, each a function of no argument that writes one, in ``processes``.
+
+    matplotlib holds the interpreter lock, so the figures are shared out among forked processes
+    (:func:`tmstarget.workflows.parallel.run_parts`) in turn; nilearn's plotting is imported
+    first, once, rather than by each. Every figure is the same file whichever process draws it.
+    """
+    groups = [drawings[start::processes] for start in range(min(max(processes, 1), len(drawings)))]
+    if len(groups) > 1:
+        importlib.import_module("nilearn.plotting")
+    run_parts([lambda group=group: [draw() for draw in group] for group in groups])
 
 
 def save_display(display, path):

@@ -8,6 +8,7 @@ with the treatment plan (:mod:`tmstarget.reports.plan`), then the evidence behin
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -68,7 +69,7 @@ def _read_table(path):
 
 def write_participant_report(output_dir, subject, space, task, seed_name, info_files, carpet_files,
                              confounds_files, t1w=None, mesh_file=None, other_space=None,
-                             source_version=None):
+                             source_version=None, processes=1):
     """Draw the figures and write ``output_dir/sub-<subject>.html`` and ``sub-<subject>/log/CITATION.md``.
 
     Parameters
@@ -87,6 +88,8 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         The second space the targets are given in.
     source_version : str or None
         Version of what made the inputs, when their ``dataset_description.json`` cannot be found.
+    processes : int
+        Processes the figures are drawn with (:func:`tmstarget.reports.figures.draw_all`).
 
     Returns
     -------
@@ -124,6 +127,11 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     runs = z_sidecar.get("Runs", [])
     written = []
     sections = []
+    drawings = []  # the figures, drawn together once the page is composed
+
+    def later(function, *args, **kwargs):
+        """Draw a figure with the others (its path is among the arguments, known already)."""
+        drawings.append(functools.partial(function, *args, **kwargs))
 
     def rel(path):
         """The path of a file relative to the report, for a link; records it as written."""
@@ -135,7 +143,8 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     if mesh_file:
         vertices = np.load(mesh_file)["vertices"]
         head_space = table_on_mesh(vertices, tables) or space
-        head = plot_head(mesh_file, tables[head_space], figures / figure_name(stem, head_space, "head", "png"))
+        head = figures / figure_name(stem, head_space, "head", "png")
+        later(plot_head, mesh_file, tables[head_space], head)
         head_figure = figure_html(rel(head), "the participant's scalp with the coil of the plan")
     elif "scalp_x" in targets and targets["scalp_x"].notna().any():
         head_space = space
@@ -165,9 +174,11 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
 
     # -- connectivity map, regions
     underlay = draw.load_underlay(t1w) if t1w else None
-    slices = draw.plot_target_slices(paths["z_map"], underlay, target_xyz, figures / figure_name(stem, space, "target", "png"),
-                                     f"connectivity target ({target_xyz[0]:.1f}, {target_xyz[1]:.1f}, {target_xyz[2]:.1f}) mm")
-    glass = draw.plot_target_glass(paths["z_map"], targets, figures / figure_name(stem, space, "glassbrain", "png"))
+    slices = figures / figure_name(stem, space, "target", "png")
+    later(draw.plot_target_slices, paths["z_map"], underlay, target_xyz, slices,
+          f"connectivity target ({target_xyz[0]:.1f}, {target_xyz[1]:.1f}, {target_xyz[2]:.1f}) mm")
+    glass = figures / figure_name(stem, space, "glassbrain", "png")
+    later(draw.plot_target_glass, paths["z_map"], targets, glass)
     sections.append(("connectivity", "Connectivity map and target", figure_html(
         rel(slices), "orthogonal slices through the target",
         f"Fisher z of the {seed_name} seed connectivity; the cross and the green dot mark the connectivity "
@@ -180,16 +191,16 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         from tmstarget.reports.efield import efield_methods, plot_efield
 
         row = targets.set_index("name").loc["connectivity"]
-        field = plot_efield(paths["efield"], underlay, target_xyz,
-                            figures / figure_name(stem, space, "efield", "png"),
-                            coil_xyz=[row.get(f"coil_{c}", np.nan) for c in "xyz"])
+        field = figures / figure_name(stem, space, "efield", "png")
+        later(plot_efield, paths["efield"], underlay, target_xyz, field,
+              coil_xyz=[row.get(f"coil_{c}", np.nan) for c in "xyz"])
         sections.append(("efield", "Electric field at the target", figure_html(
             rel(field), "electric field of the coil pose", "|E| of the connectivity target's coil "
             "pose; white: the half-value contour; green: the target; cyan: the coil centre.")
             + markdown_to_html(efield_methods(efield_model, row))))
     if t1w:
-        regions = draw.plot_regions(underlay, paths["seed_mask"], paths["search_mask"],
-                                    figures / figure_name(stem, space, "regions", "png"))
+        regions = figures / figure_name(stem, space, "regions", "png")
+        later(draw.plot_regions, underlay, paths["seed_mask"], paths["search_mask"], regions)
         sections.append(("regions", "Seed and search region", figure_html(rel(regions), "seed and search region")))
 
     # -- reliability and data sufficiency (computed elsewhere; shown when the sidecar has them)
@@ -199,7 +210,8 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
     if reliability or sufficiency or frequency_map.is_file():
         body = reliability_html(reliability, voxel_mm) if isinstance(reliability, dict) else ""
         if frequency_map.is_file() and t1w:
-            freq = draw.plot_frequency(frequency_map, underlay, target_xyz, figures / figure_name(stem, space, "targetfrequency", "png"))
+            freq = figures / figure_name(stem, space, "targetfrequency", "png")
+            later(draw.plot_frequency, frequency_map, underlay, target_xyz, freq)
             body += figure_html(rel(freq), "target frequency map")
         if isinstance(sufficiency, dict):
             body += "<h3>Data the target rests on</h3>" + data_sufficiency_html(sufficiency, parameters.get("Denoising"))
@@ -212,16 +224,18 @@ def write_participant_report(output_dir, subject, space, task, seed_name, info_f
         f"<td class='num'>{r['RetainedVolumes']}</td><td class='num'>{r['RetainedTime_s'] / 60:.1f}</td>"
         f"<td class='num'>{r['Regressors']}</td><td class='num'>{r['DegreesOfFreedom']:.0f}</td>"
         f"<td>{'yes' if r['Used'] else 'no'}</td></tr>" for r in runs)
+    motion = figures / figure_name(stem, space, "motion", "svg")
+    later(draw.plot_motion, confounds_files, carpets, infos, options.get("fd_threshold"), motion)
     body = ["<table class='runs'><tr><th>run</th><th>TR (s)</th><th>volumes</th><th>retained</th>"
             f"<th>retained (min)</th><th>regressors</th><th>degrees of freedom</th><th>used</th></tr>{run_rows}</table>",
-            figure_html(rel(draw.plot_motion(confounds_files, carpets, infos, options.get("fd_threshold"),
-                                             figures / figure_name(stem, space, "motion", "svg"))),
-                        "framewise displacement", "Framewise displacement (fMRIPrep) of each run; red bands: "
+            figure_html(rel(motion), "framewise displacement", "Framewise displacement (fMRIPrep) of each run; red bands: "
                         "volumes not retained (non-steady state or censored).")]
     for carpet, info in zip(carpets, infos):
         name = run_name(info["BoldFile"])
+        carpet_figure = figures / figure_name(name, space, "carpet", "png")
+        later(draw.plot_carpet, carpet, info, carpet_figure)
         body.append(f"<h3>{html.escape(name)}</h3>" + figure_html(
-            rel(draw.plot_carpet(carpet, info, figures / figure_name(name, space, "carpet", "png"))),
+            rel(carpet_figure),
             f"carpet plot {name}", "Each row a voxel, each column a volume, in standard deviations."))
     sections.append(("quality", "Data quality", "\n".join(body)))
 
@@ -245,6 +259,7 @@ inputs made by <b>{html.escape(inputs)}</b>.</p>
     sections.append(("methods", "Methods", "<p>Also in <code>" + html.escape(rel(citation)) + "</code>.</p>"
                      f"<div class='boilerplate'>{markdown_to_html(text)}</div>"))
 
+    draw.draw_all(drawings, processes)
     body = f"<h1>tmstarget report: sub-{html.escape(subject)}</h1>\n" + sections_html(sections)
     report = write_text(output_dir / f"sub-{subject}.html",
                         page(f"sub-{subject}: tmstarget", [(a, t) for a, t, _ in sections], body))
@@ -264,6 +279,7 @@ class _ReportInputSpec(ParticipantOutputsInputSpec):
     t1w = File(exists=True, desc="head T1w in the computation space")
     mesh_file = File(exists=True, desc="scalp_mesh.npz of ScalpProjection")
     other_space = traits.Str(desc="the second space of the targets")
+    processes = traits.Int(1, usedefault=True, nohash=True, desc="processes the figures are drawn with")
     source_version = traits.Str(desc="version of what made the inputs (when their dataset_description.json is not found)")
 
 
@@ -293,7 +309,7 @@ class ParticipantReport(SimpleInterface):
                 inputs.output_dir, inputs.subject, inputs.space, inputs.task, inputs.seed_name,
                 inputs.info_files, inputs.carpet_files, inputs.confounds_files, t1w=optional(inputs.t1w),
                 mesh_file=optional(inputs.mesh_file), other_space=optional(inputs.other_space),
-                source_version=optional(inputs.source_version))
+                source_version=optional(inputs.source_version), processes=inputs.processes)
         self._results["out_report"] = str(written[0])
         self._results["out_files"] = [str(p) for p in written]
         return runtime

@@ -1,0 +1,134 @@
+"""Steps shared among processes: forked parts, their errors, and how --nprocs is shared out."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tmstarget.workflows import parallel
+from tmstarget.workflows.parallel import run_parts, shared_array
+
+
+def test_parts_run_in_other_processes_and_write_into_shared_memory():
+    out = shared_array((3, 4), np.float32)
+
+    def part(row):
+        out[row] = row + 1
+        return os.getpid()
+
+    pids = run_parts([lambda row=row: part(row) for row in range(3)])
+    assert pids[0] == os.getpid() and len(set(pids)) == 3  # the first here, each other one forked
+    np.testing.assert_array_equal(out, np.repeat([[1], [2], [3]], 4, axis=1))
+
+
+def test_the_error_of_a_forked_part_is_raised_here_with_its_message():
+    def fails():
+        raise ValueError("bold.nii.gz has NaN values")
+
+    with pytest.raises(ValueError, match="bold.nii.gz has NaN values"):
+        run_parts([lambda: 1, fails])
+
+
+def test_a_part_that_dies_is_an_error_not_a_missing_result():
+    with pytest.raises(RuntimeError, match="died"):
+        run_parts([lambda: 1, lambda: os._exit(3)])
+
+
+def test_without_fork_the_parts_run_here_one_after_the_other(monkeypatch):
+    monkeypatch.setattr(parallel, "can_fork", lambda: False)
+    out = shared_array((2,), np.int64)
+    assert isinstance(out.base, np.ndarray) or out.base is None  # ordinary memory
+    assert run_parts([os.getpid, os.getpid]) == [os.getpid()] * 2
+
+
+def test_nprocs_is_shared_out_among_the_runs_and_participants(one_run_dataset, tmp_path):
+    """One run on 4 CPUs: its Denoise reads with 4 processes, and the scheduler reserves 4; two
+    runs share them; the report (in the main process) draws with every CPU, 8 at most."""
+    import dataclasses
+
+    from tmstarget.collect import collect_participant, load_layout
+    from tmstarget.config import Options
+    from tmstarget.participant import init_participants_wf
+
+    root, _ = one_run_dataset
+    inputs = collect_participant(load_layout(root, ["01"]), "01")
+    for cpus, runs, expected in ((4, 1, 4), (4, 2, 2), (1, 1, 1), (64, 1, 8)):
+        collected = [dataclasses.replace(inputs, runs=list(inputs.runs) * runs)]
+        workflow = init_participants_wf(collected, Options(), tmp_path / "out", root, cpus=cpus)
+        denoise = [workflow.get_node(name) for name in workflow.list_node_names() if name.endswith(".denoise")]
+        assert len(denoise) == runs
+        assert {node.n_procs for node in denoise} == {expected}
+        assert {node.inputs.processes for node in denoise} == {expected}
+        report = [workflow.get_node(name) for name in workflow.list_node_names() if name.endswith(".report")]
+        assert [node.inputs.processes for node in report] == [min(cpus, 8)]
+
+
+def test_default_nprocs_is_the_cpus_this_process_may_use():
+    from tmstarget.cli import available_cpus, build_parser
+
+    args = build_parser().parse_args(["in", "out", "participant"])
+    assert args.nprocs == available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_a_part_ends_when_its_parent_process_ends(tmp_path):
+    """A step's process stopped after Ctrl-C (MultiProc terminates its workers) leaves no part
+    running on: Linux ends the forked part with its parent."""
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "part.pid"
+    script = f"""
+import os, time
+from tmstarget.workflows.parallel import run_parts
+def part():
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+run_parts([lambda: time.sleep(60), part])
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    for _ in range(200):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    part = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(part, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(part, 9)
+        raise AssertionError("the forked part outlived its parent")
+
+
+def test_the_process_counts_are_not_part_of_the_steps_hashes(tmp_path):
+    """A run resumed with another --nprocs reuses Denoise and redraws nothing it need not: the
+    process count changes no value, so Nipype does not hash it."""
+    from tmstarget.reports import ParticipantReport
+    from tmstarget.workflows.confounds import Denoise
+
+    for name in ("bold.nii.gz", "mask.nii.gz", "info.json", "carpet.npz", "confounds.tsv"):
+        (tmp_path / name).write_text("x")
+    files = {name: str(tmp_path / name) for name in ("bold.nii.gz", "mask.nii.gz")}
+
+    def denoise_hash(processes):
+        return Denoise(bold_file=files["bold.nii.gz"], mask_file=files["mask.nii.gz"], t_r=2.0,
+                       processes=processes).inputs.get_hashval()[1]
+
+    def report_hash(processes):
+        return ParticipantReport(output_dir=str(tmp_path), subject="01", space="MNI152NLin2009cAsym",
+                                 task="rest", seed_name="sgACC", derivatives=[],
+                                 info_files=[str(tmp_path / "info.json")],
+                                 carpet_files=[str(tmp_path / "carpet.npz")],
+                                 confounds_files=[str(tmp_path / "confounds.tsv")],
+                                 processes=processes).inputs.get_hashval()[1]
+
+    assert denoise_hash(1) == denoise_hash(4)
+    assert report_hash(1) == report_hash(4)
+    # the hash does see a change that matters
+    assert Denoise(bold_file=files["bold.nii.gz"], mask_file=files["mask.nii.gz"], t_r=2.5,
+                   processes=1).inputs.get_hashval()[1] != denoise_hash(1)

@@ -1,0 +1,108 @@
+"""Run a step's independent parts at the same time, in forked copies of the process.
+
+The BOLD read's smoothing (scipy.ndimage) and the report's figures (matplotlib) hold Python's
+global interpreter lock, so threads would run them one after the other; processes do not. A forked
+copy starts in milliseconds with every module and array of its parent already there (a fresh
+interpreter would spend a second importing), and the parts can write into memory the parent shares
+with it (an anonymous shared map, :func:`shared_array`, which unlike ``/dev/shm`` is not capped at
+Docker's 64 MB). Where fork is not available (Windows), or this process is itself a daemonic
+worker that may not have children, the parts simply run one after the other here: the results are
+the same.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+
+
+def can_fork():
+    """True when :func:`run_parts` can run parts in forked processes."""
+    return ("fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon)
+
+
+def shared_array(shape, dtype):
+    """A zero-filled array in memory shared with the processes forked after it is made."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if not can_fork() or size == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
+
+
+def _end_with_parent(parent):
+    """Have Linux end this process when its parent ends (a step's process stopped after Ctrl-C)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: the part ends when it is done
+        return
+    if os.getppid() != parent:  # the parent ended before the request was made
+        os._exit(1)
+
+
+def _child(part, connection, parent):
+    # Ctrl-C reaches the whole process group: the parent stops the parts and reports it once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)
+    try:
+        result = (True, part())
+    except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
+        result = (False, err)
+    try:
+        connection.send(result)
+    except Exception as err:  # noqa: BLE001 - an error or result that cannot be pickled
+        connection.send((False, RuntimeError(f"{type(result[1]).__name__}: {result[1]} ({err})")))
+    connection.close()
+
+
+def run_parts(parts):
+    """Call every function of ``parts`` (no arguments) at the same time; their results, in order.
+
+    The first runs in this process, each other one in a forked copy of it; a result travels back
+    pickled, so a large one should be written into a :func:`shared_array` instead. The first error
+    of any part is raised here, after every part has stopped.
+
+    Parameters
+    ----------
+    parts : sequence of callable
+
+    Returns
+    -------
+    list
+        ``[part() for part in parts]``.
+    """
+    parts = list(parts)
+    if len(parts) < 2 or not can_fork():
+        return [part() for part in parts]
+    context = multiprocessing.get_context("fork")
+    children = []
+    for part in parts[1:]:
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=True)
+        process.start()
+        send.close()
+        children.append((process, receive))
+    try:
+        results = [parts[0]()]
+    except BaseException:
+        for process, _ in children:
+            process.terminate()
+            process.join()
+        raise
+    errors = []
+    for process, receive in children:
+        try:
+            ok, value = receive.recv()
+        except EOFError:
+            ok, value = False, RuntimeError(f"a worker process died (exit code {process.exitcode})")
+        process.join()
+        (results if ok else errors).append(value)
+    if errors:
+        raise errors[0]
+    return results
