@@ -118,6 +118,21 @@ def test_processes_share_the_read_and_give_the_same_moments(tmp_path):
     assert all(a[1] == b[0] for a, b in zip(slabs, slabs[1:]))  # the slabs tile x
 
 
+def test_a_nan_in_one_slab_is_the_error_of_the_read(tmp_path):
+    """NaN brain voxels in the last slab: the forked process of that slab fails, and its error,
+    naming the file, is the read's, as with one process."""
+    rng = np.random.default_rng(5)
+    data = (500 + 40 * rng.standard_normal((30, 12, 10, 9))).astype(np.float32)
+    mask = np.zeros(data.shape[:3], dtype=bool)
+    mask[2:28, 2:10, 2:8] = True
+    data[25, 5, 5, 4] = np.nan  # in the brain, high x: the third slab's
+    path = tmp_path / "nan_bold.nii.gz"
+    nb.Nifti1Image(data, np.eye(4)).to_filename(path)
+    for processes in (1, 3):
+        with pytest.raises(ValueError, match="nan_bold.nii.gz has NaN or infinite values"):
+            read_masked_bold(path, mask, 6.0, chunk_volumes=2, processes=processes)
+
+
 def test_smoothing_passes_skip_only_what_no_later_pass_reads():
     mask = np.zeros((10, 12, 14), dtype=bool)
     mask[2:5, 3:9, 4:6] = True
@@ -137,8 +152,9 @@ def test_read_masked_bold_refuses_truncated_file_and_wrong_mask(tmp_path):
     whole = gzip.decompress(path.read_bytes())
     truncated = tmp_path / "cut.nii.gz"
     truncated.write_bytes(gzip.compress(whole[: len(whole) // 2]))
-    with pytest.raises(ValueError, match="cut.nii.gz is truncated"):
-        read_masked_bold(truncated, mask)
+    for processes in (1, 2):  # with 2, the first process's error is raised, the other stopped
+        with pytest.raises(ValueError, match="cut.nii.gz is truncated"):
+            read_masked_bold(truncated, mask, 6.0, processes=processes)
     with pytest.raises(ValueError, match="grid of its brain mask"):
         read_masked_bold(path, mask[:-1])
 

@@ -5,9 +5,9 @@ global interpreter lock, so threads would run them one after the other; processe
 copy starts in milliseconds with every module and array of its parent already there (a fresh
 interpreter would spend a second importing), and the parts can write into memory the parent shares
 with it (an anonymous shared map, :func:`shared_array`, which unlike ``/dev/shm`` is not capped at
-Docker's 64 MB). Where fork is not available (Windows), or this process is itself a daemonic
-worker that may not have children, the parts simply run one after the other here: the results are
-the same.
+Docker's 64 MB). Off Linux (no fork on Windows; on macOS a forked child may abort), or when this
+process is a daemonic worker that may not have children, the parts run one after the other here:
+the results are the same.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import mmap
 import multiprocessing
 import os
 import signal
+import sys
 
 import numpy as np
 
 
 def can_fork():
-    """True when :func:`run_parts` can run parts in forked processes."""
-    return ("fork" in multiprocessing.get_all_start_methods()
-            and not multiprocessing.current_process().daemon)
+    """True when :func:`run_parts` can run parts in forked processes: on Linux, in a process that
+    may have children. (macOS has fork too, but its system libraries may abort a forked child;
+    Python itself starts processes there with spawn.)"""
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
 def shared_array(shape, dtype):
