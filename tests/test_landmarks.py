@@ -504,7 +504,7 @@ def test_comparator_outside_the_bold_mask_has_no_seed_correlation(tmp_path):
     nb.Nifti1Image(mask, z_img.affine).to_filename(mask_file)
     work = tmp_path / "masked"
     work.mkdir()
-    table, measurements = run_interface(work, mask_files=[str(mask_file)], **files)
+    table, measurements = run_interface(work, mask_files=[str(mask_file)], space="T1w", **files)
     out = table.set_index("name")
     assert out.loc["F3_beam", "seed_correlation_z"] == "n/a"
     for name in ("connectivity", "F3_1020", "5cm", "motor_hand"):
@@ -514,6 +514,8 @@ def test_comparator_outside_the_bold_mask_has_no_seed_correlation(tmp_path):
                                   ref.drop(columns="seed_correlation_z"))
     masked = [w for w in measurements["QualityWarnings"] if "BOLD brain mask" in w]
     assert len(masked) == 1 and "F3_beam" in masked[0] and "n/a" in masked[0]
+    # its point's millimetres say which space they are of
+    assert "mm, T1w) lies outside the BOLD brain mask" in masked[0]
 
 
 def test_fiducial_checks_defacing_cut_and_air():

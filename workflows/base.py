@@ -458,7 +458,8 @@ def init_tmstarget_wf(
         head_t1w, head_gm = (("native_t1w_file", "native_gm_file") if native_head
                              else ("t1w_file", "gm_file"))
         projection = pe.Node(ScalpProjection(), name="scalp_projection")
-        comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold),
+        comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold,
+                                           space="T1w" if native_head else space),
                               name="scalp_targets")
         # The field of each pose on the plan's head; the map on the BOLD grid of the runs.
         efield = pe.Node(EfieldPlan(coil=coil, orientation=coil_orientation, didt_a_per_us=didt,

@@ -211,7 +211,8 @@ def _comparator_points(surface, mapped, gm_points, gm_tree, field_of_view, t1w_n
 def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
                       field_of_view=None, head_trusted: bool = True, t1w_name: str = "the head T1w",
                       brain_mask=None, to_map_space=None, handle_angle_deg: float = 45.0,
-                      coil_offset_mm: float = 0.0, gm_threshold: float = 0.5):
+                      coil_offset_mm: float = 0.0, gm_threshold: float = 0.5,
+                      space: str = "the computation space"):
     """Add the scalp-based comparator rows, coil poses, distances and doses to a targets table.
 
     Nothing is planned on a point that is not on the skin: a row whose scalp point is not
@@ -251,6 +252,8 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
         offset above the scalp (mm).
     gm_threshold : float
         Grey-matter probability threshold of ``gm_points`` (for the methods text).
+    space : str
+        The table's space, named with the coordinates a warning gives.
 
     Returns
     -------
@@ -297,7 +300,7 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
                 if not inside:
                     warnings.append(
                         f"{names[k]}: its cortical point ({', '.join(f'{v:.1f}' for v in points[k])}"
-                        " mm) lies outside the BOLD brain mask, where there is no connectivity: "
+                        f" mm, {space}) lies outside the BOLD brain mask, where there is no connectivity: "
                         "seed_correlation_z is n/a (not 0); give BOLD data that cover it to compare "
                         "it with the connectivity target.")
                     continue
@@ -449,6 +452,9 @@ class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
     to_map_xfm = File(exists=True,
                       desc="transform mapping points of the table's space into the space of the "
                       "z map and masks (map_points); absent: the same space")
+    space = traits.Str("the computation space", usedefault=True,
+                       desc="the table's space (T1w, MNI152NLin2009cAsym, ...), named with the "
+                       "coordinates of its warnings")
 
 
 class _ScalpTargetsOutputSpec(TraitedSpec):
@@ -511,7 +517,8 @@ class ScalpTargets(SimpleInterface):
             t1w_name=str(mesh["t1w_file"]) if "t1w_file" in mesh.files else "the head T1w",
             brain_mask=brain_mask, to_map_space=to_map_space,
             handle_angle_deg=inputs.handle_angle_deg,
-            coil_offset_mm=inputs.coil_offset_mm, gm_threshold=inputs.gm_threshold)
+            coil_offset_mm=inputs.coil_offset_mm, gm_threshold=inputs.gm_threshold,
+            space=inputs.space)
         out_file = Path(runtime.cwd) / "scalp_targets.tsv"
         table.to_csv(out_file, sep="\t", index=False)
         measurements_file = Path(runtime.cwd) / "scalp_measurements.json"

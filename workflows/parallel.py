@@ -101,7 +101,8 @@ def run_parts(parts):
     for process, receive in children:
         try:
             ok, value = receive.recv()
-        except EOFError:
+        except EOFError:  # it ended without a word: killed (-9 is often a lack of memory)
+            process.join()
             ok, value = False, RuntimeError(f"a worker process died (exit code {process.exitcode})")
         process.join()
         (results if ok else errors).append(value)
