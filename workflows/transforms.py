@@ -178,8 +178,8 @@ def map_targets_table(table, mapping, *, remeasure=False):
         again in the new space, which is closer to the patient's than the template's.
     """
     mapped = table.copy()
-    # Every point goes through the transform in one call (each call reads the .h5 file): the point
-    # columns, and around each coil centre the six points of the central differences.
+    # Every point goes through the mapping in one call: the point columns, and around each coil
+    # centre the six points of the central differences.
     blocks = {columns: table[list(columns)].to_numpy(float)
               for columns in POINT_COLUMNS if set(columns) <= set(table.columns)}
     has_pose = ("coil_x", "coil_y", "coil_z") in blocks and all(

@@ -58,7 +58,8 @@ def draw_all(drawings, processes=1):
     (:func:`tmstarget.workflows.parallel.run_parts`) in turn; nilearn's plotting is imported
     first, once, rather than by each. Every figure is the same file whichever process draws it.
     """
-    groups = [drawings[start::processes] for start in range(min(max(processes, 1), len(drawings)))]
+    processes = max(1, min(processes, len(drawings)))
+    groups = [drawings[start::processes] for start in range(processes)]
     if len(groups) > 1:
         importlib.import_module("nilearn.plotting")
     run_parts([lambda group=group: [draw() for draw in group] for group in groups])
