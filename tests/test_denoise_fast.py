@@ -2,14 +2,15 @@
 
 import gzip
 import json
+import os
 
 import nibabel as nb
 import numpy as np
 import pytest
 from nilearn import masking, signal
-
 from scipy import ndimage
 
+from tmstarget.workflows import confounds
 from tmstarget.workflows.confounds import (Denoise, carpet_voxels, cleaning_matrix, confound_regressors,
                                            read_masked_bold, smoothing_passes, smoothing_sigmas)
 
@@ -90,17 +91,18 @@ def test_bounding_box_smoothing_is_byte_identical_to_the_whole_volume(tmp_path, 
         ours = read_masked_bold(path, mask, 6.0, chunk_volumes=chunk)
         assert ours.dtype == np.float32
         assert np.array_equal(ours, reference)
-    # cut along x among processes, each over its slab grown by the kernel radius: the same bits
-    for processes in (2, 3):
-        assert np.array_equal(read_masked_bold(path, mask, 6.0, chunk_volumes=4, processes=processes),
-                              reference)
+    # cut along x among processes, each over its slab grown by the kernel radius: the same bits,
+    # also when the shared ring of decompressed chunks is refilled (9 chunks of 1 volume)
+    for processes, chunk in ((2, 4), (3, 4), (2, 1), (3, 1)):
+        assert chunk > 1 or shape[3] > confounds.RING_CHUNKS  # the ring goes round
+        assert np.array_equal(read_masked_bold(path, mask, 6.0, chunk_volumes=chunk,
+                                               processes=processes), reference)
 
 
 def test_processes_share_the_read_and_give_the_same_moments(tmp_path):
     """Slabs of x read by 3 processes: the smoothed values and the raw BOLD's sums of the seed
     quality are those of one process, bit for bit (random data: a slab not grown by the kernel
     radius, or a column written by the wrong process, would change them)."""
-    from tmstarget.workflows import confounds
     from tmstarget.workflows.seed_quality import RawMoments
 
     path, _ = _bold(tmp_path, "bold.nii.gz", shape=(30, 33, 28, 11), slope=0.5)
@@ -116,6 +118,44 @@ def test_processes_share_the_read_and_give_the_same_moments(tmp_path):
     slabs = confounds._x_slabs(np.concatenate([[0], np.cumsum(mask.sum(axis=(1, 2)))]), 3)
     assert len(slabs) == 3 and slabs[0][0] == 0 and slabs[-1][1] == 30
     assert all(a[1] == b[0] for a, b in zip(slabs, slabs[1:]))  # the slabs tile x
+
+
+def _chunk_sums(chunks):
+    return [(start, float(raw.astype(np.float64).sum())) for start, raw in chunks]
+
+
+def test_the_shared_read_gives_every_reader_the_stream_chunks(tmp_path):
+    """Decompressed once into the ring, each chunk reaches every reader as the stream gives it,
+    in order, the ring refilled many times (11 chunks through 4 places)."""
+    path, _ = _bold(tmp_path, "bold.nii.gz", shape=(12, 10, 8, 11), slope=0.5)
+    proxy = nb.load(path).dataobj
+    expected = _chunk_sums(confounds._stream_chunks(path, proxy, 1, 1))
+    assert len(expected) > 2 * confounds.RING_CHUNKS
+    shared = confounds._shared_read_parts(path, proxy, 1, 1, [_chunk_sums] * 3)
+    assert shared == [expected] * 3
+
+
+def test_a_reader_killed_mid_read_is_an_error_not_a_hang(tmp_path):
+    """A slab's process killed (the kernel's OOM killer sends SIGKILL): the writer and the other
+    readers stop at the end of its pipes, and the read fails with its exit code."""
+    import signal as posix_signal  # not nilearn's signal, imported above
+
+    path, _ = _bold(tmp_path, "bold.nii.gz", shape=(12, 10, 8, 11))
+    proxy = nb.load(path).dataobj
+
+    def killed_after_two(chunks):
+        for k, _ in enumerate(chunks):
+            if k == 2:
+                os.kill(os.getpid(), posix_signal.SIGKILL)
+
+    previous = posix_signal.signal(posix_signal.SIGALRM, lambda *_: pytest.fail("the shared read hung"))
+    posix_signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match=r"died \(exit code -9\)"):
+            confounds._shared_read_parts(path, proxy, 1, 1, [_chunk_sums, killed_after_two, _chunk_sums])
+    finally:
+        posix_signal.alarm(0)
+        posix_signal.signal(posix_signal.SIGALRM, previous)
 
 
 def test_a_nan_in_one_slab_is_the_error_of_the_read(tmp_path):

@@ -33,7 +33,7 @@ from nipype.interfaces.base import (
 from scipy import ndimage
 
 from tmstarget.workflows.defaults import CONFOUND_STRATEGIES
-from tmstarget.workflows.parallel import run_parts, shared_array
+from tmstarget.workflows.parallel import can_fork, run_parts, shared_array
 from tmstarget.workflows.seed_quality import RawMoments
 
 try:  # ISA-L decompresses gzip about twice as fast as zlib; the standard library otherwise.
@@ -51,6 +51,10 @@ CHUNK_VOLUMES = 2
 
 #: Size of the carpet-plot sample of voxels (evenly spaced among the mask voxels).
 CARPET_VOXELS = 3000
+
+#: Chunks the decompressing process may run ahead of the slowest slab's process (a ring of
+#: shared chunks, about 4 MB each at 2 mm: see :func:`_shared_read_parts`).
+RING_CHUNKS = 4
 
 
 def _open_data(path, threads=1):
@@ -101,11 +105,11 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
     the image edge it is the edge, so scipy's "reflect" boundary (nilearn's) is kept.
 
     With ``processes`` > 1 the mask is cut along x into that many slabs of about equal voxel
-    counts, each read and smoothed by its own process (:func:`tmstarget.workflows.parallel.run_parts`)
-    over the slab grown by the x kernel radius. Every process decompresses the whole stream (with
-    ISA-L about half as long as the smoothing: 1.5 against 3 s for 300 volumes at 2 mm, so two
-    processes save about a quarter of the read); scipy smooths each line on its own, so the
-    values are the ones a single process gives, byte for byte (tested).
+    counts, each smoothed and masked by its own forked process
+    (:func:`tmstarget.workflows.parallel.run_parts`) over the slab grown by the x kernel radius,
+    from chunks that one more process decompresses once into shared memory
+    (:func:`_shared_read_parts`). scipy smooths each line on its own, so the values are the ones a
+    single process gives, byte for byte (tested).
 
     Parameters
     ----------
@@ -150,17 +154,21 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
     # The mask voxels in C order of the mask run along x slowest, so a slab of x is a block of
     # output columns: each part writes its own columns of one shared array.
     columns_before_x = np.concatenate([[0], np.cumsum(mask.sum(axis=(1, 2)))])
-    slabs = _x_slabs(columns_before_x, processes)
+    slabs = _x_slabs(columns_before_x, processes if can_fork() else 1)
     out = shared_array((n_volumes, n_voxels), np.float32) if len(slabs) > 1 else np.empty(
         (n_volumes, n_voxels), dtype=np.float32)
     retained = raw_moments.retained if raw_moments is not None else None
 
-    def read_slab(x_range):
+    def read_slab(x_range, chunks):
         columns = slice(int(columns_before_x[x_range[0]]), int(columns_before_x[x_range[1]]))
         return _read_slab(bold_file, proxy, mask, x_range, sigmas_zyx, out[:, columns],
-                          chunk_volumes, threads, retained)
+                          chunk_volumes, chunks, retained)
 
-    moments = run_parts([functools.partial(read_slab, x_range) for x_range in slabs])
+    if len(slabs) == 1:
+        moments = [read_slab(slabs[0], _stream_chunks(bold_file, proxy, chunk_volumes, threads))]
+    else:
+        moments = _shared_read_parts(bold_file, proxy, chunk_volumes, threads,
+                                     [functools.partial(read_slab, x_range) for x_range in slabs])
     if raw_moments is not None:
         raw_moments.concatenate(moments)
     return out
@@ -178,12 +186,128 @@ def _x_slabs(columns_before_x, processes):
             if columns_before_x[stop] > columns_before_x[start]]
 
 
-def _read_slab(bold_file, proxy, mask, x_range, sigmas_zyx, out, chunk_volumes, threads, retained):
-    """Read, smooth and mask the voxels of x in ``x_range`` into ``out`` (volumes x their voxels).
+def _stream_chunks(bold_file, proxy, chunk_volumes, threads, place=None):
+    """The BOLD decompressed ``chunk_volumes`` at a time: ``(first volume, raw chunk)`` pairs.
 
-    Returns their :class:`RawMoments` (of the ``retained`` volumes) or None.
+    A raw chunk is (volumes, z, y, x), file order and type. ``place(k)`` gives the contiguous
+    (``chunk_volumes``, z, y, x) array chunk ``k`` is decompressed into; by default one buffer,
+    reused for every chunk.
     """
     n_volumes = proxy.shape[3]
+    if place is None:
+        buffer = np.empty((chunk_volumes,) + tuple(proxy.shape[:3])[::-1], dtype=proxy.dtype)
+
+        def place(k):
+            return buffer
+
+    with reading(bold_file), _open_data(bold_file, threads) as stream:
+        _read_exactly(stream, np.empty(int(proxy.offset), dtype=np.uint8), bold_file)  # header
+        for k, start in enumerate(range(0, n_volumes, chunk_volumes)):
+            raw = place(k)[:min(chunk_volumes, n_volumes - start)]
+            _read_exactly(stream, raw, bold_file)
+            yield start, raw
+
+
+class _ReadStopped(Exception):
+    """The other side of the shared read ended early (its own error is the read's).
+
+    Raised inside a process of :func:`_shared_read_parts`, which then returns the class itself
+    as its result (pickled by reference, so ``is`` holds in the parent) rather than an error
+    that would hide the one that stopped the read.
+    """
+
+
+def _shared_read_parts(bold_file, proxy, chunk_volumes, threads, readers):
+    """Decompress the BOLD once for several processes: the results of ``readers``, in order.
+
+    One process (this one) decompresses the stream chunk by chunk into a ring of
+    :data:`RING_CHUNKS` chunks in shared memory; each reader, in a forked process, is given the
+    chunks in order (as :func:`_stream_chunks` gives them) and reads them in place. Each reading
+    process decompressing the whole stream itself cost 1.5-1.8 s of CPU per process at 2 mm.
+
+    The processes tell each other through pipes: one byte from the writer to each reader when a
+    chunk is in, one byte back when the reader is done with it, so the writer refills a chunk of
+    the ring only once every reader is done with it. A process that ends, by an error or killed,
+    closes its pipes: the others see the end of the file and stop rather than wait, and the
+    error raised is the one of the process that failed (:func:`run_parts`).
+
+    Parameters
+    ----------
+    readers : list of callable
+        Each takes an iterable of ``(first volume, raw chunk)`` and returns its result.
+    """
+    n_volumes = proxy.shape[3]
+    starts = range(0, n_volumes, chunk_volumes)
+    ring = shared_array((RING_CHUNKS, chunk_volumes) + tuple(proxy.shape[:3])[::-1], proxy.dtype)
+    # filled[c]: the writer tells reader c that a chunk is in; freed[c]: reader c tells the
+    # writer it is done with one. Each process keeps only its own ends.
+    filled = [os.pipe() for _ in readers]
+    freed = [os.pipe() for _ in readers]
+    opened = {fd for pair in filled + freed for fd in pair}
+
+    closed_here = []  # whether this process closed the ends it does not keep
+
+    def keep(ends):
+        for fd in opened - set(ends):
+            os.close(fd)
+        closed_here.append(True)
+        return ends
+
+    def free_place(k):
+        """The ring's place for chunk k, once every reader is done with the chunk it held."""
+        if k >= RING_CHUNKS and not all(os.read(r, 1) for r, _ in freed):
+            raise _ReadStopped  # a reader ended early
+        return ring[k % RING_CHUNKS]
+
+    def write():
+        ends = keep([w for _, w in filled] + [r for r, _ in freed])
+        try:
+            for _ in _stream_chunks(bold_file, proxy, chunk_volumes, threads, free_place):
+                for _, w in filled:  # a chunk is in
+                    os.write(w, b"\0")
+        except (_ReadStopped, BrokenPipeError):  # a reader ended early: its error is the read's
+            return _ReadStopped
+        finally:
+            for fd in ends:
+                os.close(fd)
+        return None
+
+    def chunks(c):
+        for k, start in enumerate(starts):
+            if not os.read(filled[c][0], 1):
+                raise _ReadStopped
+            yield start, ring[k % RING_CHUNKS, :min(chunk_volumes, n_volumes - start)]
+            if k + RING_CHUNKS < len(starts):  # the writer waits for it to refill the chunk
+                os.write(freed[c][1], b"\0")
+
+    def read(c):
+        ends = keep([filled[c][0], freed[c][1]])
+        try:
+            return readers[c](chunks(c))
+        except (_ReadStopped, BrokenPipeError):
+            return _ReadStopped
+        finally:
+            for fd in ends:
+                os.close(fd)
+
+    try:
+        results = run_parts([write, *(functools.partial(read, c) for c in range(len(readers)))])
+    except BaseException:
+        if not closed_here:  # the parts never began: this process's copies are all open
+            for fd in opened:
+                os.close(fd)
+        raise
+    if any(result is _ReadStopped for result in results):  # a stop without an error: never expected
+        raise RuntimeError(f"{bold_file}: the shared read stopped early without an error")
+    return results[1:]
+
+
+def _read_slab(bold_file, proxy, mask, x_range, sigmas_zyx, out, chunk_volumes, chunks, retained):
+    """Smooth and mask the voxels of x in ``x_range`` into ``out`` (volumes x their voxels).
+
+    ``chunks`` gives the raw BOLD (:func:`_stream_chunks`). Returns the voxels'
+    :class:`RawMoments` (of the ``retained`` volumes) or None.
+    """
     dtype = np.dtype(proxy.dtype)
     slope, inter = float(proxy.slope), float(proxy.inter)
     # NIfTI stores x fastest: in file order a volume is a C-order (z, y, x) array.
@@ -209,34 +333,30 @@ def _read_slab(bold_file, proxy, mask, x_range, sigmas_zyx, out, chunk_volumes, 
     gather = np.flatnonzero(box_mask)[np.argsort(c_rank.T[tuple(box)][box_mask])]
 
     raw_moments = RawMoments(retained) if retained is not None else None
-    raw = np.empty((chunk_volumes,) + mask_zyx.shape, dtype=dtype)
     chunk = np.empty((chunk_volumes,) + box_mask.shape, dtype=np.float32)
-    with reading(bold_file), _open_data(bold_file, threads) as stream:
-        _read_exactly(stream, np.empty(int(proxy.offset), dtype=np.uint8), bold_file)  # header
-        for start in range(0, n_volumes, chunk_volumes):
-            count = min(chunk_volumes, n_volumes - start)
-            _read_exactly(stream, raw[:count], bold_file)
-            block = chunk[:count]
-            if slope != 1.0:  # cast and scale in one pass (the same float32 operations)
-                np.multiply(raw[(slice(0, count),) + tuple(box)], np.float32(slope), out=block)
-            else:
-                block[...] = raw[(slice(0, count),) + tuple(box)]
-            if inter != 0.0:
-                block += np.float32(inter)
-            if dtype.kind == "f" and not np.isfinite(block).all():
-                # Inside the brain a non-finite value is an error (smoothing would spread or, as
-                # nilearn's ensure_finite does, hide it); outside it is zeroed, as nilearn does.
-                non_finite = ~np.isfinite(block)
-                bad_voxels = int(non_finite[:, box_mask].any(axis=0).sum())
-                if bad_voxels:
-                    raise ValueError(non_finite_message(bold_file, bad_voxels))
-                block[non_finite] = 0
-            if raw_moments is not None:  # the raw (unsmoothed) BOLD, for the seed quality
-                raw_moments.add(start, block.reshape(count, -1))
-            for axis, sigma, where in passes:
-                view = block[where]
-                ndimage.gaussian_filter1d(view, sigma, axis=axis, output=view)
-            np.take(block.reshape(count, -1), gather, axis=1, out=out[start:start + count])
+    for start, raw in chunks:
+        count = len(raw)
+        block = chunk[:count]
+        if slope != 1.0:  # cast and scale in one pass (the same float32 operations)
+            np.multiply(raw[(slice(None),) + tuple(box)], np.float32(slope), out=block)
+        else:
+            block[...] = raw[(slice(None),) + tuple(box)]
+        if inter != 0.0:
+            block += np.float32(inter)
+        if dtype.kind == "f" and not np.isfinite(block).all():
+            # Inside the brain a non-finite value is an error (smoothing would spread or, as
+            # nilearn's ensure_finite does, hide it); outside it is zeroed, as nilearn does.
+            non_finite = ~np.isfinite(block)
+            bad_voxels = int(non_finite[:, box_mask].any(axis=0).sum())
+            if bad_voxels:
+                raise ValueError(non_finite_message(bold_file, bad_voxels))
+            block[non_finite] = 0
+        if raw_moments is not None:  # the raw (unsmoothed) BOLD, for the seed quality
+            raw_moments.add(start, block.reshape(count, -1))
+        for axis, sigma, where in passes:
+            view = block[where]
+            ndimage.gaussian_filter1d(view, sigma, axis=axis, output=view)
+        np.take(block.reshape(count, -1), gather, axis=1, out=out[start:start + count])
     if raw_moments is not None:
         raw_moments.select(gather)
     return raw_moments
