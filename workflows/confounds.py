@@ -121,7 +121,7 @@ def read_masked_bold(bold_file, mask, smoothing_fwhm=None, chunk_volumes=CHUNK_V
     chunk_volumes : int
         Volumes decompressed and smoothed at a time.
     threads : int
-        With 2 or more, each process decompresses in a background thread.
+        With 2 or more, the decompressing process decompresses in a background thread.
     raw_moments : tmstarget.workflows.seed_quality.RawMoments or None
         Also given each chunk before smoothing (the seed quality's raw BOLD), then the mask voxels.
     processes : int
