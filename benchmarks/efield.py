@@ -9,7 +9,7 @@ made once in ``--data-dir``)::
 Two participants of the package's generator at the demo's 2 mm BOLD grid (real MNI head when
 ``../shared/data`` is there): the demo's (``tmstarget-synth``'s defaults: a similarity T1w
 space) and a generated participant whose T1w space is a nonlinear warp of MNI. For each, the
-scalp stage (ScalpProjection + ScalpTargets) runs once on the native T1w, as the graph runs it;
+scalp stage (ScalpMesh, ScalpProjection, ScalpTargets) runs once on the native T1w, as the graph runs it;
 then, timed (median of ``--repeats``): ``EfieldPlan`` with ``orientation`` clinical and efield,
 its map on the MNI BOLD brain mask through the grid-to-plan transform; and, on the same grid and
 pose, the map alone as written (``efield_map_interpolated``, 8 mm dipoles on a 4 mm lattice)
@@ -41,7 +41,7 @@ from tmstarget.workflows.coil_models import DEFAULT_COIL, coil_model  # noqa: E4
 from tmstarget.workflows.comparators import ScalpTargets  # noqa: E402
 from tmstarget.workflows.efield import efield_magnitude, efield_map_interpolated  # noqa: E402
 from tmstarget.workflows.efield_plan import MAP_DIPOLE_SPACING_MM, EfieldPlan  # noqa: E402
-from tmstarget.workflows.scalp import ScalpProjection  # noqa: E402
+from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection  # noqa: E402
 from tmstarget.workflows.transforms import map_points  # noqa: E402
 
 MNI = "MNI152NLin2009cAsym"
@@ -65,19 +65,20 @@ def scalp_stage(root, truth, work):
                       "connectivity\t{:.2f}\t{:.2f}\t{:.2f}\t-0.3\t10\n".format(*target))
     brain = anat / "sub-01_desc-brain_mask.nii.gz"
     start = time.perf_counter()
-    projection = ScalpProjection(t1w_file=str(anat / "sub-01_desc-preproc_T1w.nii.gz"),
-                                 points_file=str(points),
-                                 brain_mask_files=[str(brain)]).run(cwd=str(work)).outputs
+    mesh_file = ScalpMesh(t1w_file=str(anat / "sub-01_desc-preproc_T1w.nii.gz"),
+                          brain_mask_files=[str(brain)]).run(cwd=str(work)).outputs.mesh_file
+    projection = ScalpProjection(mesh_file=mesh_file, points_file=str(points)).run(
+        cwd=str(work)).outputs
     z_file = work / "z.nii.gz"
     like = nb.load(brain)
     nb.Nifti1Image(np.full(like.shape, -0.2, np.float32), like.affine).to_filename(z_file)
     xfm = anat / f"sub-01_from-T1w_to-{MNI}_mode-image_xfm.h5"  # MNI points -> T1w points
-    targets = ScalpTargets(targets_file=projection.out_file, mesh_file=projection.mesh_file,
+    targets = ScalpTargets(targets_file=projection.out_file, mesh_file=mesh_file,
                            z_file=str(z_file), gm_file=str(anat / "sub-01_label-GM_probseg.nii.gz"),
                            from_mni_xfm=str(xfm), mask_files=[str(brain)]).run(cwd=str(work)).outputs
     elapsed = time.perf_counter() - start
     mask = sorted(func.glob(f"*space-{MNI}_desc-brain_mask.nii.gz"))[0]
-    return elapsed, dict(targets_file=targets.out_file, mesh_file=projection.mesh_file,
+    return elapsed, dict(targets_file=targets.out_file, mesh_file=mesh_file,
                          measurements_file=targets.measurements_file, reference_file=str(mask),
                          grid_to_plan_xfm=str(xfm))
 

@@ -78,6 +78,36 @@ class WakingMultiProc(MultiProcPlugin):
         finally:  # the result is stored before the loop is woken to read it
             self._finished.set()
 
+    def _generate_dependency_list(self, graph):
+        super()._generate_dependency_list(graph)
+        # The longest chain of steps from each step to the end of the graph (itself included):
+        # self.procs is in topological order, so every step's dependents come after it.
+        dependents = self.depidx.tocsr()
+        self._chain_lengths = np.ones(len(self.procs), dtype=int)
+        for jobid in range(len(self.procs) - 1, -1, -1):
+            after = dependents.indices[dependents.indptr[jobid]:dependents.indptr[jobid + 1]]
+            if after.size:
+                self._chain_lengths[jobid] = 1 + self._chain_lengths[after].max()
+
+    def _sort_jobs(self, jobids, scheduler="tsort"):
+        """The ready steps in the order they get the free CPUs: widest first, then the longest
+        chain of steps still to come after them, then graph order.
+
+        - **Widest first.** A step using every CPU (a run's Denoise) starts only when all are
+          free; in graph order a one-CPU step ready beside it (the regions, the scalp mesh) would
+          start first and hold a CPU while Denoise waits.
+        - **Longest chain next** (the critical path of list scheduling; every step counts as
+          one). Once a target is selected, mapping it onto the head has the plan's eight steps
+          after it, down to the report; the reliability step, ready at the same moment and before
+          it in graph order, has five, and is the one that waits for a CPU. So do the head's
+          scalp mesh (seven after it) and the regions (fourteen) right after Denoise.
+        """
+        jobids = super()._sort_jobs(jobids, scheduler=scheduler)
+        lengths = getattr(self, "_chain_lengths", None)
+        if lengths is None or len(lengths) != len(self.procs):  # MapNodes expanded: graph order
+            lengths = np.ones(len(self.procs), dtype=int)
+        return sorted(jobids, key=lambda jobid: (-self.procs[jobid].n_procs, -lengths[jobid]))
+
     def _send_procs_to_workers(self, updatehash=False, graph=None):
         before = self.proc_done.copy(), self.proc_pending.copy()
         super()._send_procs_to_workers(updatehash=updatehash, graph=graph)

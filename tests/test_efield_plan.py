@@ -29,7 +29,7 @@ from tmstarget.workflows.efield import (
     efield_map_interpolated,
 )
 from tmstarget.workflows.efield_plan import EFIELD_COLUMNS, MAP_DIPOLE_SPACING_MM, EfieldPlan
-from tmstarget.workflows.scalp import ScalpProjection
+from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection
 from tmstarget.workflows.transforms import map_points
 
 MNI = "space-MNI152NLin2009cAsym"
@@ -40,7 +40,7 @@ MNI = "space-MNI152NLin2009cAsym"
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    """ScalpProjection + ScalpTargets on the native T1w of a nonlinearly warped participant."""
+    """ScalpMesh, ScalpProjection and ScalpTargets on the native T1w of a nonlinearly warped participant."""
     folder = tmp_path_factory.mktemp("efield_native")
     root = folder / "fmriprep"
     truth = make_fmriprep_dataset(root, participants=("01",), spaces=("MNI152NLin2009cAsym",),
@@ -53,21 +53,21 @@ def native(tmp_path_factory):
     brain = anat / "sub-01_desc-brain_mask.nii.gz"
     work = folder / "scalp"
     work.mkdir()
-    projection = ScalpProjection(t1w_file=str(anat / "sub-01_desc-preproc_T1w.nii.gz"),
-                                 points_file=str(points),
-                                 brain_mask_files=[str(brain)]).run(cwd=str(work))
+    mesh_file = ScalpMesh(t1w_file=str(anat / "sub-01_desc-preproc_T1w.nii.gz"),
+                          brain_mask_files=[str(brain)]).run(cwd=str(work)).outputs.mesh_file
+    projection = ScalpProjection(mesh_file=mesh_file, points_file=str(points)).run(cwd=str(work))
     z_file = work / "z.nii.gz"
     like = nb.load(brain)
     nb.Nifti1Image(np.full(like.shape, -0.2, np.float32), like.affine).to_filename(z_file)
     # MNI points -> T1w points: the transform whose reference space is MNI (transforms.py)
     mni_to_t1w = anat / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
     targets = ScalpTargets(targets_file=projection.outputs.out_file,
-                           mesh_file=projection.outputs.mesh_file, z_file=str(z_file),
+                           mesh_file=mesh_file, z_file=str(z_file),
                            gm_file=str(anat / "sub-01_label-GM_probseg.nii.gz"),
                            from_mni_xfm=str(mni_to_t1w), mask_files=[str(brain)]).run(cwd=str(work))
     bold_mask = sorted(func.glob(f"*{MNI}_desc-brain_mask.nii.gz"))[0]
     return {"folder": folder, "targets": targets.outputs.out_file,
-            "mesh": projection.outputs.mesh_file,
+            "mesh": mesh_file,
             "measurements": targets.outputs.measurements_file, "brain": brain,
             "bold_mask": bold_mask, "mni_to_t1w": mni_to_t1w, "truth": truth}
 

@@ -614,10 +614,10 @@ def test_module_constants_are_cited():
 # --------------------------------------------------------------------------------------------
 def test_t1w_space_matches_mni_space_through_real_transforms(one_run_dataset, tmp_path):
     """The synthetic participant's T1w space is a similarity transform of MNI space (rotation,
-    scale ~0.95, translation of centimetres). ScalpProjection + ScalpTargets run in T1w space
+    scale ~0.95, translation of centimetres). ScalpMesh, ScalpProjection and ScalpTargets run in T1w space
     (fiducials and motor point mapped with the real ``from-T1w_to-MNI…_xfm.h5``, GM from the
     dseg) give scalp points that map back onto those of the MNI-space run: never mirrored."""
-    from tmstarget.workflows.scalp import ScalpProjection
+    from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection
     from tmstarget.workflows.transforms import map_points
 
     root, truth = one_run_dataset
@@ -641,12 +641,13 @@ def test_t1w_space_matches_mni_space_through_real_transforms(one_run_dataset, tm
         gm_img = nb.load(gm)
         nb.Nifti1Image(np.zeros(gm_img.shape[:3], np.float32), gm_img.affine).to_filename(
             work / "z.nii.gz")
-        projection = ScalpProjection(t1w_file=str(t1w), points_file=str(points)).run(
+        mesh_file = ScalpMesh(t1w_file=str(t1w)).run(cwd=str(work)).outputs.mesh_file
+        projection = ScalpProjection(mesh_file=mesh_file, points_file=str(points)).run(
             cwd=str(work))
         kwargs = {"from_mni_xfm": str(xfm)} if xfm else {}
         table, measurements = run_interface(
             work, targets_file=projection.outputs.out_file,
-            mesh_file=projection.outputs.mesh_file, z_file=str(work / "z.nii.gz"),
+            mesh_file=mesh_file, z_file=str(work / "z.nii.gz"),
             gm_file=str(gm), **kwargs)
         frame = table.set_index("name").apply(pd.to_numeric, errors="coerce")
         scalp[space] = frame[["scalp_x", "scalp_y", "scalp_z"]]

@@ -141,3 +141,44 @@ def test_the_process_counts_are_not_part_of_the_steps_hashes(tmp_path):
     # the hash does see a change that matters
     assert Denoise(bold_file=files["bold.nii.gz"], mask_file=files["mask.nii.gz"], t_r=2.5,
                    processes=1).inputs.get_hashval()[1] != denoise_hash(1)
+
+
+def test_the_scheduler_starts_the_widest_step_then_the_longest_chain(one_run_dataset, tmp_path):
+    """On the participant graph with 2 CPUs: of the steps ready at the start, Denoise (both CPUs)
+    goes first, not the one-CPU regions and scalp mesh before it in graph order (which would hold
+    a CPU while it waits); once a target is selected, mapping it onto the head (the plan's chain)
+    goes before the reliability step, which only the checks follow."""
+    from copy import deepcopy
+
+    from nipype.pipeline.engine.utils import generate_expanded_graph
+
+    from tmstarget.collect import collect_participant, load_layout
+    from tmstarget.config import Options
+    from tmstarget.execution import WakingMultiProc
+    from tmstarget.participant import init_participants_wf
+
+    root, _ = one_run_dataset
+    inputs = collect_participant(load_layout(root, ["01"]), "01")
+    workflow = init_participants_wf([inputs], Options(), tmp_path / "out", root, cpus=2)
+    workflow.base_dir = str(tmp_path / "work")
+    graph = generate_expanded_graph(deepcopy(workflow._create_flat_graph()))
+    scheduler = WakingMultiProc(plugin_args={"n_procs": 2})
+    try:
+        scheduler._generate_dependency_list(graph)
+        names = [node.name for node in scheduler.procs]
+
+        def order(*steps):
+            ids = [names.index(step) for step in steps]
+            return [names[jobid] for jobid in scheduler._sort_jobs(sorted(ids))]
+
+        first = np.flatnonzero(np.asarray(scheduler.depidx.sum(axis=0)).ravel() == 0)
+        ready = {names[jobid] for jobid in first}
+        assert {"denoise", "regions", "scalp_mesh"} <= ready
+        assert names.index("regions") < names.index("denoise") or \
+            names.index("scalp_mesh") < names.index("denoise")  # graph order would not do it
+        assert order("regions", "scalp_mesh", "denoise")[0] == "denoise"
+        assert order("target_reliability", "seed_quality", "map_target_to_T1w")[0] == \
+            "map_target_to_T1w"
+        assert order("regions", "scalp_mesh") == ["regions", "scalp_mesh"]  # the target's chain
+    finally:
+        scheduler.pool.shutdown()

@@ -23,6 +23,7 @@ from scipy.optimize import brentq
 from tmstarget.workflows.head import head_mask
 from tmstarget.workflows.scalp import (
     SCALP_COLUMNS,
+    ScalpMesh,
     ScalpProjection,
     project_to_scalp,
     scalp_mesh,
@@ -361,7 +362,9 @@ def test_interface_round_trip(tmp_path):
                       f"connectivity\t{PROBE[0]:.4f}\t{PROBE[1]:.4f}\t{PROBE[2]:.4f}\t-0.3141\n"
                       "top\t3\t-12\t58\tn/a\n"  # CENTER + (0, 0, 50): 20 mm deep
                       "unknown\tn/a\tn/a\tn/a\tn/a\n")
-    result = ScalpProjection(t1w_file=str(t1w), points_file=str(points)).run(cwd=str(tmp_path))
+    mesh_result = ScalpMesh(t1w_file=str(t1w)).run(cwd=str(tmp_path))
+    result = ScalpProjection(mesh_file=mesh_result.outputs.mesh_file,
+                             points_file=str(points)).run(cwd=str(tmp_path))
     out_file = Path(result.outputs.out_file)
     assert out_file.parent == tmp_path
 
@@ -379,7 +382,7 @@ def test_interface_round_trip(tmp_path):
     np.testing.assert_allclose(numbers[1, :3], CENTER + [0, 0, AXES[2]], atol=2.0)
     np.testing.assert_allclose(numbers[1, 3], AXES[2] - 50.0, atol=1.0)
 
-    mesh = np.load(result.outputs.mesh_file)
+    mesh = np.load(mesh_result.outputs.mesh_file)
     assert {"vertices", "faces", "normals", "affine"} <= set(mesh.files)
     assert_watertight_outward(mesh["vertices"], mesh["faces"], mesh["normals"])
     again = project_to_scalp(PROBE, mesh["vertices"], mesh["normals"], mesh["faces"])
@@ -443,22 +446,26 @@ def _masked_copy(t1w_file, mask_file, out_file):
 
 
 def _scalp_stage(work, t1w, points, truth_gm, mask_files, z_like):
-    """ScalpProjection then ScalpTargets, as the participant graph runs them."""
+    """ScalpMesh, ScalpProjection then ScalpTargets, as the participant graph runs them; the
+    warnings of the first two (the head's, then the points')."""
     from tmstarget.workflows.comparators import ScalpTargets
 
     work.mkdir(parents=True, exist_ok=True)
-    projection = ScalpProjection(t1w_file=str(t1w), points_file=str(points),
-                                 brain_mask_files=mask_files).run(cwd=str(work))
+    mesh = ScalpMesh(t1w_file=str(t1w), brain_mask_files=mask_files).run(cwd=str(work))
+    projection = ScalpProjection(mesh_file=mesh.outputs.mesh_file,
+                                 points_file=str(points)).run(cwd=str(work))
     z_file = work / "z.nii.gz"
     nb.Nifti1Image(np.full(z_like.shape[:3], -0.2, np.float32), z_like.affine).to_filename(z_file)
     comparators = ScalpTargets(targets_file=projection.outputs.out_file,
-                               mesh_file=projection.outputs.mesh_file, z_file=str(z_file),
+                               mesh_file=mesh.outputs.mesh_file, z_file=str(z_file),
                                gm_file=str(truth_gm), mask_files=mask_files).run(cwd=str(work))
     import json
 
     first = pd.read_csv(projection.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
     table = pd.read_csv(comparators.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
-    return (first, json.loads(Path(projection.outputs.warnings_file).read_text()), table,
+    warnings = [w for step in (mesh, projection)
+                for w in json.loads(Path(step.outputs.warnings_file).read_text())]
+    return (first, warnings, table,
             json.loads(Path(comparators.outputs.measurements_file).read_text()))
 
 
@@ -515,7 +522,7 @@ def test_skull_stripped_head_gives_no_plan(mni_inputs):
             and c != "scalp_trusted"] + ["depth_adjustment_pct_mso"]
     assert (table[plan] == "n/a").all().all()
     assert (table.loc[1:, ["x", "y", "z", "seed_correlation_z"]] == "n/a").all().all()
-    assert measurements["QualityWarnings"] == []  # said once, by ScalpProjection
+    assert measurements["QualityWarnings"] == []  # said once, by ScalpMesh
     assert not any(measurements["ScalpTrusted"].values())
 
 

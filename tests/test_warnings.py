@@ -69,3 +69,25 @@ def test_a_dropped_run_reaches_the_sidecar_and_the_console_once(three_run_datase
     # every collected warning is on the console, once
     for warning in sidecar["QualityWarnings"]:
         assert sum(warning in line for line in done.stderr.splitlines()) == 1, warning
+
+
+@pytest.mark.parametrize("native_head", [False, True])
+def test_every_step_that_writes_warnings_is_collected(native_head):
+    """A step whose interface writes a ``warnings_file`` (the scalp mesh's skull-stripped head,
+    the projection's points on the cut of the field of view, ...) is one of WARNING_SOURCES and
+    feeds CollectWarnings: a new step cannot keep its warnings to itself."""
+    from nipype.interfaces.base import SimpleInterface
+
+    from tmstarget.workflows.base import WARNING_SOURCES, init_tmstarget_wf
+
+    workflow = init_tmstarget_wf(space=MNI, native_head=native_head,
+                                 other_space="T1w" if native_head else None)
+    gather = workflow.get_node("merge_warnings")
+    feeding = {source.name for source, target in workflow._graph.edges() if target is gather}
+    writers = {name for name in workflow.list_node_names()  # steps, not the identity nodes
+               if isinstance(workflow.get_node(name).interface, SimpleInterface)
+               and "warnings_file" in workflow.get_node(name).outputs.copyable_trait_names()
+               and name != "collect_warnings"}
+    assert "scalp_mesh" in writers and "scalp_projection" in writers
+    assert writers <= feeding
+    assert feeding == {name for name, _ in WARNING_SOURCES} & set(workflow.list_node_names())

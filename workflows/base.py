@@ -6,7 +6,7 @@
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
                           -> TargetReliability (split half, block bootstrap)
                           -> [MapTargets into T1w] -> SnapToGreyMatter
-                          -> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
+    head T1w -> ScalpMesh --> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
                                   -> EfieldPlan (field at each target, handle angle, dose, map)
                                                    -> MapTargets (T1w <-> MNI)
                           -> QualityChecks, CollectWarnings (every step's warnings)
@@ -37,7 +37,7 @@ from tmstarget.workflows.efield_plan import DEFAULT_COIL_ORIENTATION, EfieldPlan
 from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability
-from tmstarget.workflows.scalp import ScalpProjection
+from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection
 from tmstarget.workflows.seed_quality import SeedQuality
 from tmstarget.workflows.seed import SeedTimeseries
 from tmstarget.workflows.target import SelectTarget, SnapToGreyMatter
@@ -65,6 +65,7 @@ WARNING_SOURCES = [
     ("combine_runs", "warnings_file"),
     ("seed_quality", "quality_file"),
     ("quality_checks", "warnings_file"),
+    ("scalp_mesh", "warnings_file"),
     ("scalp_projection", "warnings_file"),
     ("scalp_targets", "measurements_file"),
     ("efield_plan", "info_file"),
@@ -457,6 +458,9 @@ def init_tmstarget_wf(
     if scalp:
         head_t1w, head_gm = (("native_t1w_file", "native_gm_file") if native_head
                              else ("t1w_file", "gm_file"))
+        # The scalp mesh needs the anatomy alone: a step of its own, it is built beside the
+        # steps that lead to the target instead of after them.
+        mesh = pe.Node(ScalpMesh(), name="scalp_mesh")
         projection = pe.Node(ScalpProjection(), name="scalp_projection")
         comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold,
                                            space="T1w" if native_head else space),
@@ -467,21 +471,23 @@ def init_tmstarget_wf(
                                         {"motor_threshold_pct_mso": motor_threshold}
                                         if motor_threshold else {})), name="efield_plan")
         workflow.connect([
-            (inputnode, projection, [(head_t1w, "t1w_file")]),
+            (inputnode, mesh, [(head_t1w, "t1w_file")]),
             (inputnode, comparators, [(head_gm, "gm_file")]),
+            (mesh, projection, [("mesh_file", "mesh_file")]),
             (snap, projection, [("out_file", "points_file")]),
-            (projection, comparators, [("out_file", "targets_file"), ("mesh_file", "mesh_file")]),
+            (projection, comparators, [("out_file", "targets_file")]),
+            (mesh, comparators, [("mesh_file", "mesh_file")]),
             (combine, comparators, [("z_file", "z_file")]),
             # the brain masks tell a skull-stripped head, and which comparators have a z-value
-            (merge["mask_file"], projection, [("out", "brain_mask_files")]),
+            (inputnode, mesh, [("mask_files", "brain_mask_files")]),
             (merge["mask_file"], comparators, [("out", "mask_files")]),
             (comparators, efield, [("out_file", "targets_file"),
                                    ("measurements_file", "measurements_file")]),
-            (projection, efield, [("mesh_file", "mesh_file")]),
+            (mesh, efield, [("mesh_file", "mesh_file")]),
             (merge["mask_file"], efield, [(("out", _pick, 0), "reference_file")]),  # one grid
             (efield, plan, [("out_file", "targets_file")]),
             (efield, outputnode, [("efield_file", "efield_file"), ("info_file", "efield_info_file")]),
-            (projection, outputnode, [("mesh_file", "mesh_file")]),
+            (mesh, outputnode, [("mesh_file", "mesh_file")]),
         ])
         if native_head:
             # the MNI landmarks go into T1w as the target did; the z map stays in the runs' space

@@ -1,13 +1,15 @@
 """Scalp projection: where the TMS coil goes on the head above a cortical target.
 
-From a head T1w (not skull-stripped) this step builds a head mask
-(:func:`tmstarget.workflows.head.head_mask`), a closed triangle mesh of the scalp, and, for each cortical point, the nearest scalp point, the scalp-to-point distance and the
-angle between that direction and the scalp normal. All coordinates are world millimetres (RAS) of
-the image's own space: voxel indices only ever go through the image affine, so x-flipped (LAS),
+Two steps. From a head T1w (not skull-stripped) :class:`ScalpMesh` builds a head mask
+(:func:`tmstarget.workflows.head.head_mask`) and a closed triangle mesh of the scalp; it needs
+the anatomy alone, so it runs beside the BOLD's denoising. Then, for each cortical point,
+:class:`ScalpProjection` finds the nearest scalp point, the scalp-to-point distance and the angle
+between that direction and the scalp normal. All coordinates are world millimetres (RAS) of the
+image's own space: voxel indices only ever go through the image affine, so x-flipped (LAS),
 oblique and anisotropic grids give the same world answer.
 
-The numerical functions (:func:`scalp_mesh`, :func:`project_to_scalp`) take and
-return arrays only; :class:`ScalpProjection` adapts files to them.
+The numerical functions (:func:`scalp_surface`, :func:`scalp_mesh`, :func:`project_to_scalp`,
+:func:`scalp_points`) take and return arrays only; the interfaces adapt files to them.
 """
 
 from __future__ import annotations
@@ -290,9 +292,11 @@ def project_to_scalp(
             "vertex": vertex}
 
 
-def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=None) -> dict:
-    """The scalp mesh of a head T1w and the scalp point above each cortical point, with whether
-    each can carry a coil.
+def scalp_surface(t1w, affine, *, t1w_name: str, brain_volume_mm3=None) -> dict:
+    """The scalp mesh of a head T1w, and whether the head can carry a coil.
+
+    It depends on the anatomy alone, so the graph builds it beside the BOLD's denoising
+    (:class:`ScalpMesh`), and :func:`scalp_points` projects onto it once the target is known.
 
     Parameters
     ----------
@@ -300,10 +304,6 @@ def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=
         Head T1w (not skull-stripped).
     affine : ndarray (4, 4)
         Its voxel-to-world (RAS mm) affine.
-    points : array-like (K, 3)
-        Cortical points, world mm of the same space.
-    names : sequence of str
-        Their names (for the warnings).
     t1w_name : str
         The T1w file, named in the warnings.
     brain_volume_mm3 : float, optional
@@ -313,27 +313,50 @@ def scalp_points(t1w, affine, points, names, *, t1w_name: str, brain_volume_mm3=
     Returns
     -------
     dict
-        ``vertices``, ``faces``, ``normals`` (the mesh, :func:`scalp_mesh`); ``projection`` (the
-        result of :func:`project_to_scalp`); ``head_trusted`` (bool: a whole head);
-        ``trusted`` (ndarray (K,) of bool: head trusted, scalp point off the border of the field
-        of view, plausible depth); ``warnings`` (list of one-line strings).
+        ``vertices``, ``faces``, ``normals`` (the mesh, :func:`scalp_mesh`, world mm); ``affine``
+        and ``shape`` (the T1w grid: its border is where a cut head ends); ``head_trusted``
+        (bool: a whole head); ``warnings`` (list of one-line strings).
     """
     zooms = tuple(voxel_sizes(affine))
     mask = head_mask(t1w, zooms)
     vertices, faces, normals = scalp_mesh(mask, affine)
-    projection = project_to_scalp(points, vertices, normals, faces)
     head_volume = float(mask.sum() * np.prod(zooms))
     head_trusted, warnings = head_check(head_volume, brain_volume_mm3, t1w_name)
-    if head_trusted:
-        trusted, point_warnings = point_checks(names, projection["scalp_xyz"],
-                                               projection["distance_mm"],
-                                               (affine, mask.shape), t1w_name)
-        warnings += point_warnings
-    else:
-        trusted = np.zeros(len(projection["distance_mm"]), dtype=bool)
-    return {"vertices": vertices, "faces": faces, "normals": normals, "projection": projection,
-            "head_trusted": head_trusted, "trusted": trusted, "warnings": warnings,
-            "shape": mask.shape}
+    return {"vertices": vertices, "faces": faces, "normals": normals,
+            "affine": np.asarray(affine, dtype=float), "shape": mask.shape,
+            "head_trusted": head_trusted, "warnings": warnings}
+
+
+def scalp_points(surface, points, names, *, t1w_name: str) -> dict:
+    """The scalp point above each cortical point, and whether each can carry a coil.
+
+    Parameters
+    ----------
+    surface : dict or numpy.lib.npyio.NpzFile
+        :func:`scalp_surface`'s ``vertices``, ``faces``, ``normals``, ``affine``, ``shape`` and
+        ``head_trusted`` (or :class:`ScalpMesh`'s ``scalp_mesh.npz``, which holds them).
+    points : array-like (K, 3)
+        Cortical points, world mm of the mesh's space.
+    names : sequence of str
+        Their names (for the warnings).
+    t1w_name : str
+        The T1w file, named in the warnings.
+
+    Returns
+    -------
+    dict
+        ``projection`` (the result of :func:`project_to_scalp`); ``trusted`` (ndarray (K,) of
+        bool: head trusted, scalp point off the border of the field of view, plausible depth);
+        ``warnings`` (list of one-line strings; the head's own are :func:`scalp_surface`'s).
+    """
+    projection = project_to_scalp(points, surface["vertices"], surface["normals"], surface["faces"])
+    if bool(surface["head_trusted"]):
+        field_of_view = (surface["affine"], tuple(int(n) for n in surface["shape"]))
+        trusted, warnings = point_checks(names, projection["scalp_xyz"], projection["distance_mm"],
+                                         field_of_view, t1w_name)
+    else:  # scalp_surface said why
+        trusted, warnings = np.zeros(len(projection["distance_mm"]), dtype=bool), []
+    return {"projection": projection, "trusted": trusted, "warnings": warnings}
 
 
 def load_mask_union(mask_files):
@@ -354,54 +377,87 @@ def brain_volume(mask_files) -> float:
 # --------------------------------------------------------------------------------------------
 # Nipype interface
 # --------------------------------------------------------------------------------------------
-class _ScalpProjectionInputSpec(BaseInterfaceInputSpec):
-    t1w_file = File(exists=True, mandatory=True,
-                    desc="head T1w (not skull-stripped) in the computation space")
-    points_file = File(exists=True, mandatory=True,
-                       desc="TSV with at least the columns name, x, y, z (world mm, same space)")
+class _ScalpMeshInputSpec(BaseInterfaceInputSpec):
+    t1w_file = File(exists=True, mandatory=True, desc="head T1w (not skull-stripped)")
     brain_mask_files = InputMultiObject(
         File(exists=True), desc="brain masks in the same space, one grid (the BOLD runs' masks): "
         "a head mask close to their volume means a skull-stripped image")
 
 
-class _ScalpProjectionOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS)
-                    + ", scalp_trusted")
+class _ScalpMeshOutputSpec(TraitedSpec):
     mesh_file = File(exists=True, desc="NPZ: vertices, faces, normals (world mm), affine, shape "
                      "of the T1w grid, head_trusted, t1w_file")
-    warnings_file = File(exists=True, desc="JSON list of one-line warnings")
+    warnings_file = File(exists=True, desc="JSON list of one-line warnings (the head's)")
 
 
-class ScalpProjection(SimpleInterface):
-    """Project the points of a table onto the scalp of a head T1w.
+class ScalpMesh(SimpleInterface):
+    """The scalp mesh of a head T1w (:func:`scalp_surface`), for :class:`ScalpProjection`.
 
-    Writes ``scalp_projection.tsv`` (the input columns unchanged, plus ``scalp_x``, ``scalp_y``,
-    ``scalp_z`` (mm), ``scalp_distance_mm`` and ``scalp_normal_angle_deg``, rounded to 2 decimals,
-    ``n/a`` where undefined or not trusted, and ``scalp_trusted``, ``true`` or ``false``),
-    ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world mm, ``faces`` (M, 3), the
-    T1w ``affine`` and ``shape``, ``head_trusted`` and ``t1w_file``) and ``warnings.json`` in
-    the node's working directory.
+    Writes ``scalp_mesh.npz`` (``vertices`` and ``normals`` (N, 3) in world mm, ``faces``
+    (M, 3), the T1w ``affine`` and ``shape``, ``head_trusted`` and ``t1w_file``) and
+    ``head_warnings.json`` in the node's working directory.
     """
 
-    input_spec = _ScalpProjectionInputSpec
-    output_spec = _ScalpProjectionOutputSpec
+    input_spec = _ScalpMeshInputSpec
+    output_spec = _ScalpMeshOutputSpec
 
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.t1w_file)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
+        brain = (brain_volume(self.inputs.brain_mask_files)
+                 if isdefined(self.inputs.brain_mask_files) and self.inputs.brain_mask_files
+                 else None)
+        surface = scalp_surface(data, img.affine, t1w_name=self.inputs.t1w_file,
+                                brain_volume_mm3=brain)
+        out = Path(runtime.cwd)
+        np.savez_compressed(out / "scalp_mesh.npz", vertices=surface["vertices"],
+                            faces=surface["faces"].astype(np.int32), normals=surface["normals"],
+                            affine=img.affine, shape=np.array(surface["shape"]),
+                            head_trusted=surface["head_trusted"],
+                            t1w_file=str(self.inputs.t1w_file))
+        (out / "head_warnings.json").write_text(json.dumps(surface["warnings"], indent=2))
+        self._results.update(mesh_file=str(out / "scalp_mesh.npz"),
+                             warnings_file=str(out / "head_warnings.json"))
+        return runtime
+
+
+class _ScalpProjectionInputSpec(BaseInterfaceInputSpec):
+    mesh_file = File(exists=True, mandatory=True, desc="scalp_mesh.npz of ScalpMesh")
+    points_file = File(exists=True, mandatory=True,
+                       desc="TSV with at least the columns name, x, y, z (world mm, the mesh's "
+                       "space)")
+
+
+class _ScalpProjectionOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="input TSV plus " + ", ".join(SCALP_COLUMNS)
+                    + ", scalp_trusted")
+    warnings_file = File(exists=True, desc="JSON list of one-line warnings (the points')")
+
+
+class ScalpProjection(SimpleInterface):
+    """Project the points of a table onto the scalp mesh of :class:`ScalpMesh`.
+
+    Writes ``scalp_projection.tsv`` (the input columns unchanged, plus ``scalp_x``, ``scalp_y``,
+    ``scalp_z`` (mm), ``scalp_distance_mm`` and ``scalp_normal_angle_deg``, rounded to 2 decimals,
+    ``n/a`` where undefined or not trusted, and ``scalp_trusted``, ``true`` or ``false``) and
+    ``warnings.json`` in the node's working directory.
+    """
+
+    input_spec = _ScalpProjectionInputSpec
+    output_spec = _ScalpProjectionOutputSpec
+
+    def _run_interface(self, runtime):
         # Read as text so the input columns are written back byte for byte.
         table = pd.read_csv(self.inputs.points_file, sep="\t", dtype=str, keep_default_na=False)
         missing = {"name", "x", "y", "z"} - set(table.columns)
         if missing:
             raise ValueError(f"{self.inputs.points_file} lacks the column(s) {sorted(missing)}")
         points = table[["x", "y", "z"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        brain = (brain_volume(self.inputs.brain_mask_files)
-                 if isdefined(self.inputs.brain_mask_files) and self.inputs.brain_mask_files
-                 else None)
-        result = scalp_points(data, img.affine, points, table["name"].tolist(),
-                              t1w_name=self.inputs.t1w_file, brain_volume_mm3=brain)
+        with np.load(self.inputs.mesh_file) as mesh:
+            result = scalp_points(mesh, points, table["name"].tolist(),
+                                  t1w_name=str(mesh["t1w_file"]))
 
         projection, trusted = result["projection"], result["trusted"]
         values = np.column_stack([projection["scalp_xyz"], projection["distance_mm"],
@@ -412,13 +468,7 @@ class ScalpProjection(SimpleInterface):
         table["scalp_trusted"] = ["true" if t else "false" for t in trusted]
         out = Path(runtime.cwd)
         table.to_csv(out / "scalp_projection.tsv", sep="\t", index=False)
-        np.savez_compressed(out / "scalp_mesh.npz", vertices=result["vertices"],
-                            faces=result["faces"].astype(np.int32), normals=result["normals"],
-                            affine=img.affine, shape=np.array(result["shape"]),
-                            head_trusted=result["head_trusted"],
-                            t1w_file=str(self.inputs.t1w_file))
         (out / "warnings.json").write_text(json.dumps(result["warnings"], indent=2))
         self._results.update(out_file=str(out / "scalp_projection.tsv"),
-                             mesh_file=str(out / "scalp_mesh.npz"),
                              warnings_file=str(out / "warnings.json"))
         return runtime
