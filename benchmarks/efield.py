@@ -9,7 +9,7 @@ made once in ``--data-dir``)::
 Two participants of the package's generator at the demo's 2 mm BOLD grid (real MNI head when
 ``../shared/data`` is there): the demo's (``tmstarget-synth``'s defaults: a similarity T1w
 space) and a generated participant whose T1w space is a nonlinear warp of MNI. For each, the
-scalp stage (ScalpMesh, ScalpProjection, ScalpTargets) runs once on the native T1w, as the graph runs it;
+scalp stage (ScalpMesh, ScalpProjection, ScalpLandmarks, ScalpTargets) runs once on the native T1w, as the graph runs it;
 then, timed (median of ``--repeats``): ``EfieldPlan`` with ``orientation`` clinical and efield,
 its map on the MNI BOLD brain mask through the grid-to-plan transform; and, on the same grid and
 pose, the map alone as written (``efield_map_interpolated``, 8 mm dipoles on a 4 mm lattice)
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # helpers.REAL_DATA: the shared 
 from helpers import REAL_DATA  # noqa: E402
 from tmstarget.synthetic import make_fmriprep_dataset  # noqa: E402
 from tmstarget.workflows.coil_models import DEFAULT_COIL, coil_model  # noqa: E402
-from tmstarget.workflows.comparators import ScalpTargets  # noqa: E402
+from tmstarget.workflows.comparators import ScalpLandmarks, ScalpTargets  # noqa: E402
 from tmstarget.workflows.efield import efield_magnitude, efield_map_interpolated  # noqa: E402
 from tmstarget.workflows.efield_plan import MAP_DIPOLE_SPACING_MM, EfieldPlan  # noqa: E402
 from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection  # noqa: E402
@@ -73,9 +73,12 @@ def scalp_stage(root, truth, work):
     like = nb.load(brain)
     nb.Nifti1Image(np.full(like.shape, -0.2, np.float32), like.affine).to_filename(z_file)
     xfm = anat / f"sub-01_from-T1w_to-{MNI}_mode-image_xfm.h5"  # MNI points -> T1w points
+    gm_file = str(anat / "sub-01_label-GM_probseg.nii.gz")
+    landmarks = ScalpLandmarks(mesh_file=mesh_file, gm_file=gm_file,
+                               from_mni_xfm=str(xfm)).run(cwd=str(work)).outputs
     targets = ScalpTargets(targets_file=projection.out_file, mesh_file=mesh_file,
-                           z_file=str(z_file), gm_file=str(anat / "sub-01_label-GM_probseg.nii.gz"),
-                           from_mni_xfm=str(xfm), mask_files=[str(brain)]).run(cwd=str(work)).outputs
+                           landmarks_file=landmarks.landmarks_file, z_file=str(z_file),
+                           gm_file=gm_file, mask_files=[str(brain)]).run(cwd=str(work)).outputs
     elapsed = time.perf_counter() - start
     mask = sorted(func.glob(f"*space-{MNI}_desc-brain_mask.nii.gz"))[0]
     return elapsed, dict(targets_file=targets.out_file, mesh_file=mesh_file,

@@ -419,8 +419,11 @@ def run_participants(collected, options, output_dir, source_dir, work_dir, args)
     if report:
         from tmstarget.reports import DRAWING_MODULES
 
-        # the report draws in this process at the end: import its libraries once a BOLD is read
-        import_ahead = ImportAhead(DRAWING_MODULES, after="denoise")
+        # The report draws in this process at the end: its libraries are imported once the
+        # reliability step ends. It runs last of the steps beside the plan's chain (the
+        # scheduler's order), so from there a CPU is free; earlier, the imports would take a
+        # CPU from the head's steps, on which the plan waits.
+        import_ahead = ImportAhead(DRAWING_MODULES, after="target_reliability")
     return run_graph(workflow, work_dir, nprocs=args.nprocs, mem_gb=args.mem_gb, run_labels=labels,
                      import_ahead=import_ahead)
 

@@ -154,9 +154,9 @@ class ImportAhead:
 
     In a MultiProc run the main process only waits while the workers compute, and then draws
     the report itself, whose first act is to import matplotlib and nilearn's plotting (1.5-2.8 s
-    measured). Started when the first step named ``after`` finishes (``denoise``: from there a
-    participant's steps run one after another, leaving a CPU free), a daemon thread imports them
-    beforehand. Importing changes nothing computed.
+    measured). Started when the first step named ``after`` finishes (the command line names the
+    reliability step: from there the plan's steps run one after another, leaving a CPU free), a
+    daemon thread imports them beforehand. Importing changes nothing computed.
 
     A process forked while another thread imports can inherit a half-imported module and the
     lock of a thread it does not have. Every fork of the main process (the pool's workers, the

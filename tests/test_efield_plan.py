@@ -21,7 +21,7 @@ from tmstarget.config import Options
 from tmstarget.synthetic import make_fmriprep_dataset
 from tmstarget.workflows.coil import coil_pose
 from tmstarget.workflows.coil_models import DEFAULT_COIL, coil_model
-from tmstarget.workflows.comparators import POSE_COLUMNS, ScalpTargets
+from tmstarget.workflows.comparators import POSE_COLUMNS, ScalpLandmarks, ScalpTargets
 from tmstarget.workflows.efield import (
     DEFAULT_DIDT_A_PER_US,
     efield_magnitude,
@@ -40,7 +40,7 @@ MNI = "space-MNI152NLin2009cAsym"
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    """ScalpMesh, ScalpProjection and ScalpTargets on the native T1w of a nonlinearly warped participant."""
+    """ScalpMesh, ScalpProjection, ScalpLandmarks and ScalpTargets on the native T1w of a nonlinearly warped participant."""
     folder = tmp_path_factory.mktemp("efield_native")
     root = folder / "fmriprep"
     truth = make_fmriprep_dataset(root, participants=("01",), spaces=("MNI152NLin2009cAsym",),
@@ -61,10 +61,12 @@ def native(tmp_path_factory):
     nb.Nifti1Image(np.full(like.shape, -0.2, np.float32), like.affine).to_filename(z_file)
     # MNI points -> T1w points: the transform whose reference space is MNI (transforms.py)
     mni_to_t1w = anat / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
-    targets = ScalpTargets(targets_file=projection.outputs.out_file,
-                           mesh_file=mesh_file, z_file=str(z_file),
-                           gm_file=str(anat / "sub-01_label-GM_probseg.nii.gz"),
-                           from_mni_xfm=str(mni_to_t1w), mask_files=[str(brain)]).run(cwd=str(work))
+    gm_file = str(anat / "sub-01_label-GM_probseg.nii.gz")
+    landmarks = ScalpLandmarks(mesh_file=mesh_file, gm_file=gm_file,
+                               from_mni_xfm=str(mni_to_t1w)).run(cwd=str(work))
+    targets = ScalpTargets(targets_file=projection.outputs.out_file, mesh_file=mesh_file,
+                           landmarks_file=landmarks.outputs.landmarks_file, z_file=str(z_file),
+                           gm_file=gm_file, mask_files=[str(brain)]).run(cwd=str(work))
     bold_mask = sorted(func.glob(f"*{MNI}_desc-brain_mask.nii.gz"))[0]
     return {"folder": folder, "targets": targets.outputs.out_file,
             "mesh": mesh_file,

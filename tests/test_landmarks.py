@@ -17,7 +17,7 @@ import pytest
 from nibabel.affines import apply_affine, voxel_sizes
 
 from tmstarget.workflows import landmarks
-from tmstarget.workflows.comparators import ScalpTargets
+from tmstarget.workflows.comparators import ScalpLandmarks, ScalpTargets
 from tmstarget.workflows.greymatter import (
     cortical_point_beneath,
     grey_matter_points,
@@ -376,8 +376,17 @@ def xyz_of(row, prefix=""):
     return np.array([row[f"{prefix}x"], row[f"{prefix}y"], row[f"{prefix}z"]], dtype=float)
 
 
+#: Inputs of ScalpLandmarks; ScalpTargets takes the others (and the mesh, grey matter, threshold).
+LANDMARK_INPUTS = ("mesh_file", "gm_file", "gm_threshold", "from_mni_xfm")
+
+
 def run_interface(tmp_path, **kwargs):
-    result = ScalpTargets(**kwargs).run(cwd=str(tmp_path))
+    """ScalpLandmarks then ScalpTargets, as the graph runs them."""
+    landmarks = ScalpLandmarks(**{key: value for key, value in kwargs.items()
+                                  if key in LANDMARK_INPUTS}).run(cwd=str(tmp_path))
+    result = ScalpTargets(landmarks_file=landmarks.outputs.landmarks_file,
+                          **{key: value for key, value in kwargs.items()
+                             if key != "from_mni_xfm"}).run(cwd=str(tmp_path))
     table = pd.read_csv(result.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
     measurements = json.loads(Path(result.outputs.measurements_file).read_text())
     return table, measurements
@@ -658,3 +667,27 @@ def test_t1w_space_matches_mni_space_through_real_transforms(one_run_dataset, tm
         # The 5 cm rule measures 50 mm on a head scaled by ~0.95: up to ~3 mm apart in MNI.
         assert difference < (4.0 if name == "5cm" else 2.5), (name, difference)
         assert back[k][0] < -30, name  # every row on the left in both spaces
+
+
+def test_landmarks_file_keeps_every_bit(tmp_path):
+    """ScalpLandmarks hands its points to ScalpTargets through a file: read back, they are the
+    same float64 values (the tables' last digits must not depend on the graph's cut), NaN stays
+    NaN, and a head without a plan stays without axes."""
+    from tmstarget.workflows.comparators import COMPARATOR_ROWS, read_landmarks, write_landmarks
+
+    rng = np.random.default_rng(7)
+    points = {name: rng.normal(0, 50, 3) for name in COMPARATOR_ROWS}
+    points["5cm"] = np.full(3, np.nan)
+    saved = {"points": points, "trusted": {name: name != "5cm" for name in COMPARATOR_ROWS},
+             "head_axes": (rng.normal(0, 1, 3), rng.normal(0, 1, 3)),
+             "measurements": {"HeadMeasurements_cm": {"NI": 35.12}}, "warnings": ["a warning"]}
+    write_landmarks(tmp_path / "landmarks.json", saved)
+    back = read_landmarks(tmp_path / "landmarks.json")
+    for name in COMPARATOR_ROWS:
+        np.testing.assert_array_equal(back["points"][name], points[name])  # bits, NaN == NaN
+    for axis, original in zip(back["head_axes"], saved["head_axes"]):
+        assert axis.tobytes() == original.tobytes()
+    assert back["trusted"] == saved["trusted"]
+    assert back["measurements"] == saved["measurements"] and back["warnings"] == ["a warning"]
+    write_landmarks(tmp_path / "none.json", {**saved, "head_axes": None})
+    assert read_landmarks(tmp_path / "none.json")["head_axes"] is None

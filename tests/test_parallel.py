@@ -182,3 +182,21 @@ def test_the_scheduler_starts_the_widest_step_then_the_longest_chain(one_run_dat
         assert order("regions", "scalp_mesh") == ["regions", "scalp_mesh"]  # the target's chain
     finally:
         scheduler.pool.shutdown()
+
+
+@pytest.mark.parametrize("native_head", [False, True])
+def test_the_head_steps_do_not_wait_for_the_bold(native_head):
+    """The scalp mesh and the scalp-based methods' points depend on the head alone (the graph's
+    inputs), not on any step of the BOLD or the target: the scheduler can run them beside those."""
+    import networkx as nx
+
+    from tmstarget.workflows.base import init_tmstarget_wf
+
+    workflow = init_tmstarget_wf(space="MNI152NLin2009cAsym", native_head=native_head,
+                                 other_space="T1w" if native_head else None)
+    graph = workflow._create_flat_graph()
+    named = {node.name: node for node in graph.nodes()}
+    for step in ("scalp_mesh", "scalp_landmarks"):
+        before = {node.name for node in nx.ancestors(graph, named[step])}
+        assert before <= {"inputnode", "scalp_mesh"}, (step, before)
+    assert "scalp_landmarks" in {node.name for node in nx.ancestors(graph, named["scalp_targets"])}

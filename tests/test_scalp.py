@@ -446,9 +446,9 @@ def _masked_copy(t1w_file, mask_file, out_file):
 
 
 def _scalp_stage(work, t1w, points, truth_gm, mask_files, z_like):
-    """ScalpMesh, ScalpProjection then ScalpTargets, as the participant graph runs them; the
+    """ScalpMesh, ScalpProjection, ScalpLandmarks then ScalpTargets, as the graph runs them; the
     warnings of the first two (the head's, then the points')."""
-    from tmstarget.workflows.comparators import ScalpTargets
+    from tmstarget.workflows.comparators import ScalpLandmarks, ScalpTargets
 
     work.mkdir(parents=True, exist_ok=True)
     mesh = ScalpMesh(t1w_file=str(t1w), brain_mask_files=mask_files).run(cwd=str(work))
@@ -456,8 +456,11 @@ def _scalp_stage(work, t1w, points, truth_gm, mask_files, z_like):
                                  points_file=str(points)).run(cwd=str(work))
     z_file = work / "z.nii.gz"
     nb.Nifti1Image(np.full(z_like.shape[:3], -0.2, np.float32), z_like.affine).to_filename(z_file)
+    landmarks = ScalpLandmarks(mesh_file=mesh.outputs.mesh_file,
+                               gm_file=str(truth_gm)).run(cwd=str(work))
     comparators = ScalpTargets(targets_file=projection.outputs.out_file,
                                mesh_file=mesh.outputs.mesh_file, z_file=str(z_file),
+                               landmarks_file=landmarks.outputs.landmarks_file,
                                gm_file=str(truth_gm), mask_files=mask_files).run(cwd=str(work))
     import json
 

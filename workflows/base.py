@@ -5,8 +5,10 @@
     per run: Denoise -> SeedTimeseries -> SeedCorrelation --+
                  Regions (seed, search region) ------------ | --> CombineRuns -> SelectTarget
                           -> TargetReliability (split half, block bootstrap)
-                          -> [MapTargets into T1w] -> SnapToGreyMatter
-    head T1w -> ScalpMesh --> ScalpProjection -> ScalpTargets (coil poses, 10-20 F3, Beam F3, 5 cm)
+                          -> [MapTargets into T1w] -> SnapToGreyMatter -> ScalpProjection
+    head T1w -> ScalpMesh -> ScalpLandmarks (fiducials, 10-20 F3, Beam F3, motor hot spot, 5 cm)
+                (beside the steps above: they need the head alone)
+    ScalpProjection, ScalpLandmarks -> ScalpTargets (coil poses, the comparators' rows, doses)
                                   -> EfieldPlan (field at each target, handle angle, dose, map)
                                                    -> MapTargets (T1w <-> MNI)
                           -> QualityChecks, CollectWarnings (every step's warnings)
@@ -28,7 +30,7 @@ from nipype.pipeline import engine as pe
 
 from tmstarget.workflows import defaults
 from tmstarget.workflows.combine import CombineRuns
-from tmstarget.workflows.comparators import ScalpTargets
+from tmstarget.workflows.comparators import ScalpLandmarks, ScalpTargets
 from tmstarget.workflows.confounds import Denoise
 from tmstarget.workflows.coil_models import DEFAULT_COIL
 from tmstarget.workflows.correlation import SeedCorrelation
@@ -458,9 +460,10 @@ def init_tmstarget_wf(
     if scalp:
         head_t1w, head_gm = (("native_t1w_file", "native_gm_file") if native_head
                              else ("t1w_file", "gm_file"))
-        # The scalp mesh needs the anatomy alone: a step of its own, it is built beside the
-        # steps that lead to the target instead of after them.
+        # The scalp mesh and the scalp-based methods' points need the head alone: steps of
+        # their own, they run beside the steps that lead to the target instead of after them.
         mesh = pe.Node(ScalpMesh(), name="scalp_mesh")
+        landmarks = pe.Node(ScalpLandmarks(gm_threshold=gm_threshold), name="scalp_landmarks")
         projection = pe.Node(ScalpProjection(), name="scalp_projection")
         comparators = pe.Node(ScalpTargets(handle_angle_deg=handle_angle, gm_threshold=gm_threshold,
                                            space="T1w" if native_head else space),
@@ -473,7 +476,10 @@ def init_tmstarget_wf(
         workflow.connect([
             (inputnode, mesh, [(head_t1w, "t1w_file")]),
             (inputnode, comparators, [(head_gm, "gm_file")]),
+            (inputnode, landmarks, [(head_gm, "gm_file")]),
             (mesh, projection, [("mesh_file", "mesh_file")]),
+            (mesh, landmarks, [("mesh_file", "mesh_file")]),
+            (landmarks, comparators, [("landmarks_file", "landmarks_file")]),
             (snap, projection, [("out_file", "points_file")]),
             (projection, comparators, [("out_file", "targets_file")]),
             (mesh, comparators, [("mesh_file", "mesh_file")]),
@@ -491,12 +497,12 @@ def init_tmstarget_wf(
         ])
         if native_head:
             # the MNI landmarks go into T1w as the target did; the z map stays in the runs' space
-            workflow.connect([(inputnode, comparators, [("to_other_xfm", "from_mni_xfm"),
-                                                        ("from_other_xfm", "to_map_xfm")]),
+            workflow.connect([(inputnode, landmarks, [("to_other_xfm", "from_mni_xfm")]),
+                              (inputnode, comparators, [("from_other_xfm", "to_map_xfm")]),
                               # the BOLD grid's MNI points into T1w, where the plan is
                               (inputnode, efield, [("to_other_xfm", "grid_to_plan_xfm")])])
         else:
-            workflow.connect(inputnode, "from_mni_xfm", comparators, "from_mni_xfm")
+            workflow.connect(inputnode, "from_mni_xfm", landmarks, "from_mni_xfm")
             if space != "T1w":
                 notes.append(
                     f"the scalp stage ran on the {space} head T1w, a head warped to the template: "

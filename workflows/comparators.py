@@ -7,8 +7,10 @@ scalp mesh, the grey matter and the connectivity map, and adds the rows ``F3_102
 its scalp point and the cortex beneath it (the grey-matter voxel nearest it), with for every row
 the coil pose (:func:`tmstarget.workflows.coil.coil_pose`), the distance to the connectivity
 target and the depth-adjusted dose (:func:`tmstarget.workflows.coil.plan_distances`). The
-constructions are those of :mod:`tmstarget.workflows.landmarks`. :class:`ScalpTargets` only reads
-the files, calls it and writes its results.
+constructions are those of :mod:`tmstarget.workflows.landmarks`; they need the head alone, so
+:func:`scalp_landmarks` (the step :class:`ScalpLandmarks`) places them beside the steps that lead
+to the target, and :class:`ScalpTargets` adds them to its table. The interfaces only read the
+files, call the functions and write their results.
 """
 
 from __future__ import annotations
@@ -132,14 +134,47 @@ def _on_border(points, field_of_view):
     return on_image_border(points, *field_of_view)
 
 
-def _comparator_points(surface, mapped, gm_points, gm_tree, field_of_view, t1w_name):
-    """Fiducials, the constructions and the motor hot spot on this scalp, and what is trusted.
+def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
+                    head_trusted: bool = True, t1w_name: str = "the head T1w") -> dict:
+    """The scalp points of the scalp-based methods on this head, and which are trusted.
 
-    Returns ``(points, trusted, head_axes, measurements, warnings)``: ``points`` maps each of
-    :data:`COMPARATOR_ROWS` to its scalp point (NaN where not constructed) and ``trusted`` to a
-    bool; ``head_axes`` are the posterior and left-to-right directions from the fiducials;
-    ``measurements`` holds what was measured on the head.
+    The fiducials, 10-20 F3, Beam F3, the motor hot spot and the 5 cm rule depend on the anatomy
+    alone (the scalp, the grey matter, the MNI landmarks mapped into the space), so the graph
+    places them (:class:`ScalpLandmarks`) beside the steps that lead to the target;
+    :func:`scalp_comparators` then adds them to the targets table.
+
+    Parameters
+    ----------
+    surface : tmstarget.workflows.surface.Surface
+        The scalp mesh, world mm (RAS) of the space.
+    landmarks_mm : ndarray (5, 3)
+        :data:`MNI_LANDMARKS` mapped into the space, mm.
+    gm_points : ndarray (G, 3)
+        Grey-matter voxel centres (the cortex beneath the motor hot spot).
+    field_of_view : tuple (ndarray (4, 4), tuple), optional
+        Affine and shape of the head T1w (its border is where a cut head ends); unknown: no
+        border is checked.
+    head_trusted : bool
+        False for a head that cannot carry a plan (skull-stripped): nothing is placed.
+    t1w_name : str
+        The head T1w, named in the warnings.
+
+    Returns
+    -------
+    dict
+        ``points`` maps each of :data:`COMPARATOR_ROWS` to its scalp point (NaN where not
+        placed) and ``trusted`` to a bool; ``head_axes`` are the posterior and left-to-right
+        directions from the fiducials (None without a trusted head); ``measurements`` holds what
+        was measured on the head; ``warnings`` one line each.
     """
+    if len(gm_points) == 0:
+        raise ValueError("the grey-matter map holds no voxel")
+    if not head_trusted:  # ScalpMesh said why
+        return {"points": dict.fromkeys(COMPARATOR_ROWS, np.full(3, np.nan)),
+                "trusted": dict.fromkeys(COMPARATOR_ROWS, False), "head_axes": None,
+                "measurements": {}, "warnings": []}
+    mapped = np.asarray(landmarks_mm, dtype=float)
+    gm_tree = cKDTree(gm_points)
     warnings = []
     fiducials, snap_distance, snapped = place_fiducials(mapped[:4], surface, None)
     border = _on_border(mapped[:4], field_of_view) | _on_border(fiducials, field_of_view)
@@ -205,10 +240,37 @@ def _comparator_points(surface, mapped, gm_points, gm_tree, field_of_view, t1w_n
     trusted = {"F3_1020": fiducials_trusted, "F3_beam": fiducials_trusted,
                "5cm": motor_trusted, "motor_hand": motor_trusted}
     # The head's own axes for the coil handle: posterior (inion - nasion) and left to right.
-    return points, trusted, (iz - nz, rpa - lpa), measurements, warnings
+    return {"points": points, "trusted": trusted, "head_axes": (iz - nz, rpa - lpa),
+            "measurements": measurements, "warnings": warnings}
 
 
-def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
+def write_landmarks(path, landmarks) -> None:
+    """:func:`scalp_landmarks`'s result as JSON (floats written to the last bit: Python's
+    ``repr``, NaN as ``NaN``)."""
+    def listed(point):
+        return [float(v) for v in point]
+
+    axes = landmarks["head_axes"]
+    Path(path).write_text(json.dumps({
+        "Points_mm": {name: listed(p) for name, p in landmarks["points"].items()},
+        "Trusted": {name: bool(t) for name, t in landmarks["trusted"].items()},
+        "HeadAxes": None if axes is None else [listed(a) for a in axes],
+        "Measurements": landmarks["measurements"],
+        "QualityWarnings": landmarks["warnings"],
+    }, indent=2))
+
+
+def read_landmarks(path) -> dict:
+    """:func:`write_landmarks`'s file as :func:`scalp_landmarks` returned it."""
+    saved = json.loads(Path(path).read_text())
+    axes = saved["HeadAxes"]
+    return {"points": {name: np.array(p, dtype=float) for name, p in saved["Points_mm"].items()},
+            "trusted": saved["Trusted"],
+            "head_axes": None if axes is None else tuple(np.array(a, dtype=float) for a in axes),
+            "measurements": saved["Measurements"], "warnings": saved["QualityWarnings"]}
+
+
+def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
                       field_of_view=None, head_trusted: bool = True, t1w_name: str = "the head T1w",
                       brain_mask=None, to_map_space=None, handle_angle_deg: float = 45.0,
                       coil_offset_mm: float = 0.0, gm_threshold: float = 0.5,
@@ -232,8 +294,8 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
         Grey-matter voxel centres (:func:`tmstarget.workflows.greymatter.grey_matter_points`).
     z_map : tuple (ndarray, ndarray (4, 4))
         The Fisher-z connectivity map (3-D) and its affine.
-    landmarks_mm : ndarray (5, 3)
-        :data:`MNI_LANDMARKS` mapped into the computation space, mm.
+    landmarks : dict
+        The scalp-based methods' points on this scalp (:func:`scalp_landmarks`).
     field_of_view : tuple (ndarray (4, 4), tuple), optional
         Affine and shape of the head T1w (its border is where a cut head ends); unknown: no
         border is checked.
@@ -269,15 +331,10 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
     """
     if len(gm_points) == 0:
         raise ValueError("the grey-matter map holds no voxel")
-    mapped = np.asarray(landmarks_mm, dtype=float)
     gm_tree = cKDTree(gm_points)
-    if head_trusted:
-        new_points, new_trusted, head_axes, measurements, warnings = _comparator_points(
-            surface, mapped, gm_points, gm_tree, field_of_view, t1w_name)
-    else:  # ScalpProjection said why
-        new_points = dict.fromkeys(COMPARATOR_ROWS, np.full(3, np.nan))
-        new_trusted = dict.fromkeys(COMPARATOR_ROWS, False)
-        measurements, warnings = {}, []
+    new_points, new_trusted = landmarks["points"], landmarks["trusted"]
+    head_axes = landmarks["head_axes"]
+    measurements, warnings = dict(landmarks["measurements"]), list(landmarks["warnings"])
 
     z_data, z_affine = z_map
     z_inverse = np.linalg.inv(z_affine)
@@ -425,20 +482,84 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks_mm, *,
 # --------------------------------------------------------------------------------------------
 # Nipype interface
 # --------------------------------------------------------------------------------------------
+def _read_mesh(mesh_file):
+    """The scalp of :class:`tmstarget.workflows.scalp.ScalpMesh`'s file: its surface, the field
+    of view of its T1w (None when not recorded), whether the head is trusted, and its name."""
+    with np.load(mesh_file) as mesh:
+        surface = Surface(mesh["vertices"], mesh["faces"],
+                          mesh["normals"] if "normals" in mesh.files else None)
+        field_of_view = ((mesh["affine"], tuple(int(n) for n in mesh["shape"]))
+                         if "shape" in mesh.files else None)
+        head_trusted = bool(mesh["head_trusted"]) if "head_trusted" in mesh.files else True
+        t1w_name = str(mesh["t1w_file"]) if "t1w_file" in mesh.files else "the head T1w"
+    return surface, field_of_view, head_trusted, t1w_name
+
+
+def _read_grey_matter(gm_file, threshold):
+    gm_img = nb.load(gm_file)
+    gm_points = grey_matter_points(np.asanyarray(gm_img.dataobj), gm_img.affine,
+                                   threshold=threshold)
+    if len(gm_points) == 0:
+        raise ValueError(f"{gm_file} holds no grey-matter voxel")
+    return gm_points
+
+
+class _ScalpLandmarksInputSpec(BaseInterfaceInputSpec):
+    mesh_file = File(exists=True, mandatory=True,
+                     desc="scalp_mesh.npz of ScalpMesh (vertices, faces, normals, affine)")
+    gm_file = File(exists=True, mandatory=True,
+                   desc="grey matter in the mesh's space (any grid): GM probseg, or an fMRIPrep "
+                   "dseg (label 1 = GM)")
+    gm_threshold = traits.Float(0.5, usedefault=True,
+                                desc="grey-matter probability threshold (probseg; --gm-threshold)")
+    from_mni_xfm = File(exists=True,
+                        desc="transform mapping MNI152NLin2009cAsym points into the mesh's space "
+                        "(tmstarget.workflows.transforms.map_points); absent: the space is MNI")
+
+
+class _ScalpLandmarksOutputSpec(TraitedSpec):
+    landmarks_file = File(exists=True, desc="JSON: the scalp-based methods' scalp points, "
+                          "whether each is trusted, the head's axes, measurements and warnings")
+
+
+class ScalpLandmarks(SimpleInterface):
+    """The scalp-based methods' points on this head (:func:`scalp_landmarks`), for
+    :class:`ScalpTargets`: ``scalp_landmarks.json`` (:func:`write_landmarks`) in the node's
+    working directory."""
+
+    input_spec = _ScalpLandmarksInputSpec
+    output_spec = _ScalpLandmarksOutputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        surface, field_of_view, head_trusted, t1w_name = _read_mesh(inputs.mesh_file)
+        mni = mni_landmarks()
+        mapped = map_points(mni, inputs.from_mni_xfm) if inputs.from_mni_xfm else mni.copy()
+        if not np.isfinite(mapped).all():
+            raise ValueError("the MNI landmarks did not map into the computation space")
+        landmarks = scalp_landmarks(surface, mapped,
+                                    _read_grey_matter(inputs.gm_file, inputs.gm_threshold),
+                                    field_of_view=field_of_view, head_trusted=head_trusted,
+                                    t1w_name=t1w_name)
+        out_file = Path(runtime.cwd) / "scalp_landmarks.json"
+        write_landmarks(out_file, landmarks)
+        self._results["landmarks_file"] = str(out_file)
+        return runtime
+
+
 class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
     targets_file = File(exists=True, mandatory=True,
                         desc="TSV of ScalpProjection: name, x, y, z, seed_correlation_z, ..., "
                         "scalp_x ... scalp_normal_angle_deg (row 'connectivity')")
     mesh_file = File(exists=True, mandatory=True,
-                     desc="scalp_mesh.npz of ScalpProjection (vertices, faces, normals, affine)")
+                     desc="scalp_mesh.npz of ScalpMesh (vertices, faces, normals, affine)")
+    landmarks_file = File(exists=True, mandatory=True,
+                          desc="scalp_landmarks.json of ScalpLandmarks on the same mesh")
     z_file = File(exists=True, mandatory=True,
                   desc="Fisher-z connectivity map in the computation space")
     gm_file = File(exists=True, mandatory=True,
                    desc="grey matter in the computation space (any grid): GM probseg, or an "
                    "fMRIPrep dseg (label 1 = GM)")
-    from_mni_xfm = File(exists=True,
-                        desc="transform mapping MNI152NLin2009cAsym points into the computation "
-                        "space (tmstarget.workflows.transforms.map_points); absent: the space is MNI")
     handle_angle_deg = traits.Float(45.0, usedefault=True,
                                     desc="coil handle angle from the posterior direction, "
                                     "positive laterally")
@@ -468,8 +589,8 @@ class _ScalpTargetsOutputSpec(TraitedSpec):
 class ScalpTargets(SimpleInterface):
     """Scalp-based comparators (10-20 F3, Beam F3, 5 cm rule, motor hand area) on this head.
 
-    Reads the targets table of :class:`tmstarget.workflows.scalp.ScalpProjection` and its scalp mesh and
-    writes ``scalp_targets.tsv``: the input rows with their columns unchanged (the connectivity
+    Reads the targets table of :class:`tmstarget.workflows.scalp.ScalpProjection`, the scalp
+    mesh and the methods' points on it (:class:`ScalpLandmarks`) and writes ``scalp_targets.tsv``: the input rows with their columns unchanged (the connectivity
     row's x, y, z, seed_correlation_z, cluster_size kept verbatim), then the rows ``F3_1020``,
     ``F3_beam``, ``5cm`` and ``motor_hand``; columns added for all rows: the coil pose
     (``coil_*``), ``distance_to_connectivity_mm`` and ``depth_adjustment_pct_mso``. Values are
@@ -482,19 +603,9 @@ class ScalpTargets(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
-        mesh = np.load(inputs.mesh_file)
-        surface = Surface(mesh["vertices"], mesh["faces"],
-                          mesh["normals"] if "normals" in mesh.files else None)
-        mni = mni_landmarks()
-        mapped = map_points(mni, inputs.from_mni_xfm) if inputs.from_mni_xfm else mni.copy()
+        surface, field_of_view, head_trusted, t1w_name = _read_mesh(inputs.mesh_file)
         to_map_space = points_mapping(inputs.to_map_xfm) if isdefined(inputs.to_map_xfm) else None
-        if not np.isfinite(mapped).all():
-            raise ValueError("the MNI landmarks did not map into the computation space")
-        gm_img = nb.load(inputs.gm_file)
-        gm_points = grey_matter_points(np.asanyarray(gm_img.dataobj), gm_img.affine,
-                                       threshold=inputs.gm_threshold)
-        if len(gm_points) == 0:
-            raise ValueError(f"{inputs.gm_file} holds no grey-matter voxel")
+        gm_points = _read_grey_matter(inputs.gm_file, inputs.gm_threshold)
         z_img = nb.load(inputs.z_file)
         z_data = np.asanyarray(z_img.dataobj, dtype=np.float32)
         if z_data.ndim == 4:
@@ -507,14 +618,9 @@ class ScalpTargets(SimpleInterface):
 
         brain_mask = (load_mask_union(inputs.mask_files)
                       if isdefined(inputs.mask_files) and inputs.mask_files else None)
-        field_of_view = ((mesh["affine"], tuple(int(n) for n in mesh["shape"]))
-                         if "shape" in mesh.files else None)
-
         table, measurements, _ = scalp_comparators(
-            table, surface, gm_points, (z_data, z_img.affine), mapped,
-            field_of_view=field_of_view,
-            head_trusted=bool(mesh["head_trusted"]) if "head_trusted" in mesh.files else True,
-            t1w_name=str(mesh["t1w_file"]) if "t1w_file" in mesh.files else "the head T1w",
+            table, surface, gm_points, (z_data, z_img.affine), read_landmarks(inputs.landmarks_file),
+            field_of_view=field_of_view, head_trusted=head_trusted, t1w_name=t1w_name,
             brain_mask=brain_mask, to_map_space=to_map_space,
             handle_angle_deg=inputs.handle_angle_deg,
             coil_offset_mm=inputs.coil_offset_mm, gm_threshold=inputs.gm_threshold,
