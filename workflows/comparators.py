@@ -504,7 +504,9 @@ def _read_grey_matter(gm_file, threshold):
     return gm_points
 
 
-class _ScalpLandmarksInputSpec(BaseInterfaceInputSpec):
+class _HeadInputSpec(BaseInterfaceInputSpec):
+    """The head both steps work on: its scalp mesh and grey matter."""
+
     mesh_file = File(exists=True, mandatory=True,
                      desc="scalp_mesh.npz of ScalpMesh (vertices, faces, normals, affine)")
     gm_file = File(exists=True, mandatory=True,
@@ -512,6 +514,9 @@ class _ScalpLandmarksInputSpec(BaseInterfaceInputSpec):
                    "dseg (label 1 = GM)")
     gm_threshold = traits.Float(0.5, usedefault=True,
                                 desc="grey-matter probability threshold (probseg; --gm-threshold)")
+
+
+class _ScalpLandmarksInputSpec(_HeadInputSpec):
     from_mni_xfm = File(exists=True,
                         desc="transform mapping MNI152NLin2009cAsym points into the mesh's space "
                         "(tmstarget.workflows.transforms.map_points); absent: the space is MNI")
@@ -547,26 +552,19 @@ class ScalpLandmarks(SimpleInterface):
         return runtime
 
 
-class _ScalpTargetsInputSpec(BaseInterfaceInputSpec):
+class _ScalpTargetsInputSpec(_HeadInputSpec):
     targets_file = File(exists=True, mandatory=True,
                         desc="TSV of ScalpProjection: name, x, y, z, seed_correlation_z, ..., "
                         "scalp_x ... scalp_normal_angle_deg (row 'connectivity')")
-    mesh_file = File(exists=True, mandatory=True,
-                     desc="scalp_mesh.npz of ScalpMesh (vertices, faces, normals, affine)")
     landmarks_file = File(exists=True, mandatory=True,
                           desc="scalp_landmarks.json of ScalpLandmarks on the same mesh")
     z_file = File(exists=True, mandatory=True,
                   desc="Fisher-z connectivity map in the computation space")
-    gm_file = File(exists=True, mandatory=True,
-                   desc="grey matter in the computation space (any grid): GM probseg, or an "
-                   "fMRIPrep dseg (label 1 = GM)")
     handle_angle_deg = traits.Float(45.0, usedefault=True,
                                     desc="coil handle angle from the posterior direction, "
                                     "positive laterally")
     coil_offset_mm = traits.Float(0.0, usedefault=True,
                                   desc="coil centre distance above the scalp (mm)")
-    gm_threshold = traits.Float(0.5, usedefault=True,
-                                desc="grey-matter probability threshold (probseg; --gm-threshold)")
     mask_files = InputMultiObject(
         File(exists=True), desc="BOLD brain masks (one grid; their union is used): a cortical "
         "point outside has no seed_correlation_z")
