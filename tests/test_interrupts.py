@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import nibabel as nb
 import pytest
@@ -32,11 +33,18 @@ def _wait_for(condition, process, timeout=600):
 
 
 def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of the group still runs. A zombie does not: it has ended, and waits for
+    its parent to read its exit status; a part whose parent was stopped is adopted by the
+    system's first process, which may take a moment to do so (measured here: up to 3 s)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        state, group = fields[0], int(fields[2])  # fields 3 and 5 of proc(5)
+        if group == pgid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def assert_nothing_half_written(out):

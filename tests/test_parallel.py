@@ -147,7 +147,7 @@ def test_the_scheduler_starts_the_widest_step_then_the_longest_chain(one_run_dat
     """On the participant graph with 2 CPUs: of the steps ready at the start, Denoise (both CPUs)
     goes first, not the one-CPU regions and scalp mesh before it in graph order (which would hold
     a CPU while it waits); once a target is selected, mapping it onto the head (the plan's chain)
-    goes before the reliability step, which only the checks follow."""
+    goes before the reliability step, which has a shorter chain of steps after it."""
     import itertools
     from copy import deepcopy
 

@@ -2,11 +2,11 @@
 
 Two steps. From a head T1w (not skull-stripped) :class:`ScalpMesh` builds a head mask
 (:func:`tmstarget.workflows.head.head_mask`) and a closed triangle mesh of the scalp; it needs
-the anatomy alone, so it runs beside the BOLD's denoising. Then, for each cortical point,
-:class:`ScalpProjection` finds the nearest scalp point, the scalp-to-point distance and the angle
-between that direction and the scalp normal. All coordinates are world millimetres (RAS) of the
-image's own space: voxel indices only ever go through the image affine, so x-flipped (LAS),
-oblique and anisotropic grids give the same world answer.
+the anatomy alone, so the graph runs it beside the BOLD's steps, not after the target. Then, for
+each cortical point, :class:`ScalpProjection` finds the nearest scalp point, the scalp-to-point
+distance and the angle between that direction and the scalp normal. All coordinates are world
+millimetres (RAS) of the image's own space: voxel indices only ever go through the image affine,
+so x-flipped (LAS), oblique and anisotropic grids give the same world answer.
 
 The numerical functions (:func:`scalp_surface`, :func:`scalp_mesh`, :func:`project_to_scalp`,
 :func:`scalp_points`) take and return arrays only; the interfaces adapt files to them.
@@ -295,7 +295,7 @@ def project_to_scalp(
 def scalp_surface(t1w, affine, *, t1w_name: str, brain_volume_mm3=None) -> dict:
     """The scalp mesh of a head T1w, and whether the head can carry a coil.
 
-    It depends on the anatomy alone, so the graph builds it beside the BOLD's denoising
+    It depends on the anatomy alone, so the graph builds it beside the BOLD's steps
     (:class:`ScalpMesh`), and :func:`scalp_points` projects onto it once the target is known.
 
     Parameters
@@ -412,7 +412,7 @@ class ScalpMesh(SimpleInterface):
         surface = scalp_surface(data, img.affine, t1w_name=self.inputs.t1w_file,
                                 brain_volume_mm3=brain)
         out = Path(runtime.cwd)
-        # not compressed: a file of the work folder, read by four steps (compressing: 0.2 s)
+        # not compressed: a file of the work folder, read by the steps after it (compressing: 0.2 s)
         np.savez(out / "scalp_mesh.npz", vertices=surface["vertices"],
                  faces=surface["faces"].astype(np.int32), normals=surface["normals"],
                  affine=img.affine, shape=np.array(surface["shape"]),
