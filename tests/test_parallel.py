@@ -2,6 +2,8 @@
 
 import mmap
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +30,37 @@ def test_parts_run_in_other_processes_and_write_into_shared_memory():
     pids = run_parts([lambda row=row: part(row) for row in range(3)])
     assert pids[0] == os.getpid() and len(set(pids)) == 3  # the first here, each other one forked
     np.testing.assert_array_equal(out, np.repeat([[1], [2], [3]], 4, axis=1))
+
+
+def test_parts_all_forked_leave_this_process_waiting_and_an_interrupt_stops_them(tmp_path):
+    """``here=False``: every part (one too) runs in a forked process, results in order; a
+    KeyboardInterrupt while this process waits stops the parts instead of leaving them to run."""
+    assert run_parts([os.getpid], here=False)[0] != os.getpid()
+    pids = run_parts([os.getpid, os.getpid], here=False)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+    started = tmp_path / "started"
+
+    def slow():
+        started.write_text(str(os.getpid()))
+        time.sleep(30)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    begun = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_parts([slow], here=False)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.time() - begun < 10
+    child = int(started.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left sleeping
+        os.kill(child, 0)
 
 
 def test_the_error_of_a_forked_part_is_raised_here_with_its_message():

@@ -63,16 +63,22 @@ def _child(part, connection, parent):
     connection.close()
 
 
-def run_parts(parts):
+def run_parts(parts, here=True):
     """Call every function of ``parts`` (no arguments) at the same time; their results, in order.
 
-    The first runs in this process, each other one in a forked copy of it; a result travels back
+    The first runs in this process (with ``here``; otherwise it too runs in a forked copy, and
+    this process only waits), each other one in a forked copy of it; a result travels back
     pickled, so a large one should be written into a :func:`shared_array` instead. The first error
-    of any part is raised here, after every part has stopped.
+    of any part is raised here, after every part has stopped; an interrupt while waiting stops
+    the parts.
 
     Parameters
     ----------
     parts : sequence of callable
+    here : bool
+        Run the first part in this process. False for parts whose objects' finalizers could swallow
+        a KeyboardInterrupt (matplotlib's figures: Python ignores an exception raised in a weakref
+        callback), so that Ctrl-C finds this process waiting.
 
     Returns
     -------
@@ -80,32 +86,32 @@ def run_parts(parts):
         ``[part() for part in parts]``.
     """
     parts = list(parts)
-    if len(parts) < 2 or not can_fork():
+    if (here and len(parts) < 2) or not can_fork():
         return [part() for part in parts]
     context = multiprocessing.get_context("fork")
     children = []
-    for part in parts[1:]:
+    for part in parts[1:] if here else parts:
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=True)
         process.start()
         send.close()
         children.append((process, receive))
     try:
-        results = [parts[0]()]
+        results = [parts[0]()] if here else []
+        errors = []
+        for process, receive in children:
+            try:
+                ok, value = receive.recv()
+            except EOFError:  # it ended without a word: killed (-9 is often a lack of memory)
+                process.join()
+                ok, value = False, RuntimeError(f"a worker process died (exit code {process.exitcode})")
+            process.join()
+            (results if ok else errors).append(value)
     except BaseException:
         for process, _ in children:
             process.terminate()
             process.join()
         raise
-    errors = []
-    for process, receive in children:
-        try:
-            ok, value = receive.recv()
-        except EOFError:  # it ended without a word: killed (-9 is often a lack of memory)
-            process.join()
-            ok, value = False, RuntimeError(f"a worker process died (exit code {process.exitcode})")
-        process.join()
-        (results if ok else errors).append(value)
     if errors:
         raise errors[0]
     return results

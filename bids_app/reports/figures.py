@@ -60,9 +60,10 @@ def draw_all(drawings, processes=1):
     """
     processes = max(1, min(processes, len(drawings)))
     groups = [drawings[start::processes] for start in range(processes)]
-    if len(groups) > 1:
-        importlib.import_module("nilearn.plotting")
-    run_parts([lambda group=group: [draw() for draw in group] for group in groups])
+    importlib.import_module("nilearn.plotting")
+    # Every group in a forked process, this one waiting: a Ctrl-C raised here while matplotlib's
+    # weakref callbacks run would be ignored by Python, and the report drawn to its end.
+    run_parts([lambda group=group: [draw() for draw in group] for group in groups], here=False)
 
 
 def save_display(display, path):
