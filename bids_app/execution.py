@@ -99,8 +99,8 @@ class WakingMultiProc(MultiProcPlugin):
         - **Longest chain next** (the critical path of list scheduling; every step counts as
           one). Once a target is selected, mapping it onto the head has the plan's eight steps
           after it, down to the report; the reliability step, ready at the same moment and before
-          it in graph order, has five, and is the one that waits for a CPU. So do the head's
-          scalp mesh (seven after it) and the regions (fourteen) right after Denoise.
+          it in graph order, has five, and is the one that waits for a CPU. When Denoise ends,
+          the same rule puts the regions (fourteen after them) before the scalp mesh (seven).
         """
         jobids = super()._sort_jobs(jobids, scheduler=scheduler)
         lengths = getattr(self, "_chain_lengths", None)
