@@ -295,3 +295,31 @@ def test_reports_render_in_a_browser(mni_run, cohort, tmp_path):
         _chromium(url, tmp_path, f"--screenshot={screenshot}", "--window-size=1280,4000")
         assert screenshot.stat().st_size > 10000
         print(f"screenshot of {page.name}: {screenshot}")
+
+
+def test_the_head_is_drawn_from_a_merged_mesh_that_keeps_its_shape():
+    """A fine head mesh is drawn merged to DRAWN_FACE_MM cells (a fifth of the faces of a 1 mm
+    sphere); the merged mesh lies on the same surface, its normals still point out, and every
+    face has three distinct corners."""
+    from skimage.measure import marching_cubes
+
+    from tmstarget.reports.head import DRAWN_FACE_MM, merged_mesh
+
+    radius = 40.0
+    grid = np.mgrid[-45:46, -45:46, -45:46].astype(float)  # 1 mm voxels, centred on 0
+    vertices, faces, normals, _ = marching_cubes(radius - np.sqrt((grid ** 2).sum(axis=0)), 0.0)
+    vertices -= 45.0
+    radial = vertices / np.linalg.norm(vertices, axis=1, keepdims=True)
+    assert (np.einsum("ij,ij->i", normals, radial) > 0.9).all()  # outward, as the scalp's
+    merged, merged_faces, merged_normals = merged_mesh(vertices, faces, normals, DRAWN_FACE_MM)
+    assert len(merged_faces) < len(faces) / 3
+    assert np.abs(np.linalg.norm(merged, axis=1) - radius).max() < 0.5 * DRAWN_FACE_MM
+    radial = merged / np.linalg.norm(merged, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(merged_normals, axis=1), 1.0)
+    assert (np.einsum("ij,ij->i", merged_normals, radial) > np.cos(np.deg2rad(30))).all()
+    assert ((merged_faces[:, 0] != merged_faces[:, 1]) & (merged_faces[:, 1] != merged_faces[:, 2])
+            & (merged_faces[:, 0] != merged_faces[:, 2])).all()
+    # the surface is still covered: each old vertex is near a merged face's centre
+    from scipy.spatial import cKDTree
+    centres = merged[merged_faces].mean(axis=1)
+    assert cKDTree(centres).query(vertices)[0].max() < DRAWN_FACE_MM

@@ -240,6 +240,55 @@ def test_head_mask_empty_image():
     assert not head_mask(np.zeros((8, 9, 10)), (2.0, 2.0, 2.0)).any()
 
 
+def _random_blobs(shape, seed, fraction=0.5):
+    """A boolean mask of smooth random blobs: holes, tunnels, pieces touching the border."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).standard_normal(shape)
+    smooth = ndimage.gaussian_filter(noise, 2.0)
+    return smooth > np.quantile(smooth, 1 - fraction)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_is_scipys(seed):
+    """The head mask's hole filling (one labelling of the background) fills what scipy's
+    binary_fill_holes fills, on masks with many holes, some at the border, and a shell."""
+    from scipy import ndimage
+
+    from tmstarget.workflows.head import fill_holes
+
+    mask = _random_blobs((40, 33, 27), seed, fraction=0.9)
+    filled = fill_holes(mask)
+    assert (filled != mask).sum() > 10  # there were holes
+    np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+    shell = np.zeros((20, 21, 22), dtype=bool)
+    shell[3:17, 3:18, 3:19] = True
+    shell[5:15, 5:16, 5:17] = False  # a closed cavity: filled
+    np.testing.assert_array_equal(fill_holes(shell), ndimage.binary_fill_holes(shell))
+    shell[10, 10, :5] = False  # a tunnel from the cavity to the border: not a hole any more
+    np.testing.assert_array_equal(fill_holes(shell), ndimage.binary_fill_holes(shell))
+    assert not fill_holes(shell)[10, 10, 10]
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.9, 1.2, 2.5), (3.0, 1.0, 1.0)])
+def test_ball_morphology_is_scipys_distance_transform(zooms):
+    """Dilation and erosion by a ball in mm (the edt package) are scipy's exact Euclidean
+    distance transform thresholded, with anisotropic voxels along the right axes (swapping the
+    voxel sizes of two axes changes the answer)."""
+    from scipy import ndimage
+
+    from tmstarget.workflows.head import _dilate, _erode
+
+    mask = _random_blobs((36, 30, 24), 7, fraction=0.3)
+    for radius in (2.0, 3.5, 6.0):
+        np.testing.assert_array_equal(
+            _dilate(mask, radius, zooms), ndimage.distance_transform_edt(~mask, sampling=zooms) <= radius)
+        np.testing.assert_array_equal(
+            _erode(mask, radius, zooms), ndimage.distance_transform_edt(mask, sampling=zooms) > radius)
+    if len(set(zooms)) > 1:
+        assert not np.array_equal(_dilate(mask, 3.5, zooms), _dilate(mask, 3.5, zooms[::-1]))
+
+
 # --------------------------------------------------------------------------------------------
 # Scalp mesh
 # --------------------------------------------------------------------------------------------

@@ -219,3 +219,59 @@ def test_map_measurements_moves_every_point_and_keeps_the_lengths(tmp_path):
     assert mapped["Fiducials"]["DistanceToScalp_mm"] == {"Nz": 1.2}
     assert mapped["BeamF3"]["X_cm"] == 6.9 and mapped["FiveCm"]["Distance_mm"] == 50.0
     assert measurements["TenTwenty_mm"]["F3"] == [-40.0, 50.0, 45.0]  # the input is not modified
+
+
+# --------------------------------------------------------------------------------------------
+# A transform read once (ReadTransform) maps as nitransforms does, bit for bit
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nonlinear(tmp_path_factory):
+    """A participant whose transforms hold a displacement field (fMRIPrep's kind), both ways."""
+    root = tmp_path_factory.mktemp("xfm-nonlinear") / "fmriprep"
+    synthetic.make_fmriprep_dataset(root, n_volumes=20, voxel_size=4.0, anat_voxel_size=4.0,
+                                    seed=6, templateflow_home=False, confounds_tsv=False,
+                                    warp="nonlinear")
+    anat = root / "sub-01" / "anat"
+    return {"mni_to_t1w": anat / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+            "t1w_to_mni": anat / "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5"}
+
+
+@pytest.mark.filterwarnings("ignore:Reference space not set")  # nitransforms' map, for points
+@pytest.mark.parametrize("direction", ["mni_to_t1w", "t1w_to_mni"])
+def test_a_transform_read_once_maps_as_nitransforms(nonlinear, direction, tmp_path):
+    """The steps map points with the spline coefficients of the field computed once (in the
+    step from the .h5, or by ReadTransform for the whole graph); nitransforms computes them at
+    every map. Both give nitransforms' own map bit for bit: points between voxels, points on the
+    field's grid (nitransforms reads the field there), and points off the field (the affine
+    only)."""
+    from nitransforms.nonlinear import DenseFieldTransform
+
+    from tmstarget.workflows.transforms import ReadTransform, points_mapping, transform_source
+
+    path = nonlinear[direction]
+    chain = load(str(path), fmt="itk")
+    field, = [t for t in chain.transforms if isinstance(t, DenseFieldTransform)]
+    rng = np.random.default_rng(1)
+    between = MNI_POINTS + rng.uniform(-3, 3, MNI_POINTS.shape)
+    between = np.r_[between, rng.uniform(-70, 70, (200, 3))]
+    on_grid = nb.affines.apply_affine(field.reference.affine,
+                                      rng.integers(5, 20, (50, 3)).astype(float))
+    # within two voxels of the field's faces, where the spline's boundary conditions matter
+    shape = np.array(field.reference.shape)
+    near_edge = rng.uniform(0.2, 2.0, (60, 3)) * rng.choice([-1, 1], (60, 1)) % shape
+    near_edge[:, 1:] = rng.uniform(2, shape[1:] - 3, (60, 2))
+    near_edge = nb.affines.apply_affine(field.reference.affine, near_edge)
+    off_field = np.array([[400.0, -380.0, 350.0], [-500.0, 10.0, 2.0]])
+    affine_only = load(str(path), fmt="itk")
+    affine_only.transforms = [t for t in affine_only.transforms
+                              if not isinstance(t, DenseFieldTransform)]
+    # the field moves points: the test sees it
+    assert np.abs(np.asarray(chain.map(between)) - np.asarray(affine_only.map(between))).max() > 0.5
+
+    mapping_file = ReadTransform(xfm_file=str(path)).run(cwd=str(tmp_path)).outputs.mapping_file
+    assert transform_source(mapping_file) == path and transform_source(path) == path
+    for mapping in (points_mapping(path), points_mapping(mapping_file)):
+        for points in (between, near_edge, on_grid, off_field, np.r_[on_grid, between]):
+            expected = np.asarray(chain.map(points))
+            assert np.array_equal(mapping(points), expected)
+        assert np.array_equal(mapping(off_field), np.asarray(affine_only.map(off_field)))

@@ -43,7 +43,7 @@ from tmstarget.workflows.scalp import ScalpMesh, ScalpProjection
 from tmstarget.workflows.seed_quality import SeedQuality
 from tmstarget.workflows.seed import SeedTimeseries
 from tmstarget.workflows.target import SelectTarget, SnapToGreyMatter
-from tmstarget.workflows.transforms import MapTargets
+from tmstarget.workflows.transforms import MapTargets, ReadTransform
 
 #: Files of a participant on the ``inputnode`` of :func:`init_tmstarget_wf`.
 INPUT_FIELDS = ["bold_files", "mask_files", "t_rs", "gm_file", "t1w_file", "to_mni_xfm",
@@ -361,6 +361,19 @@ def init_tmstarget_wf(
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS, mandatory_inputs=False),
                          name="outputnode")
 
+    # A transform that several steps map points with is read once for them (ReadTransform):
+    # reading fMRIPrep's 1 mm displacement field takes seconds, mapping points with it read
+    # takes milliseconds. Only transforms the graph always has: the others are optional inputs.
+    read_nodes = {}
+
+    def read_once(field):
+        if field not in read_nodes:
+            direction, other = field.split("_")[:2]  # e.g. to_other_xfm: to other_space
+            name = f"read_transform_{direction}_{other_space if other == 'other' else 'MNI'}"
+            read_nodes[field] = pe.Node(ReadTransform(), name=name)
+            workflow.connect(inputnode, field, read_nodes[field], "xfm_file")
+        return read_nodes[field]
+
     regions = pe.Node(Regions(gm_threshold=gm_threshold, sites=[tuple(s) for s in search_sites],
                               site_radius=search_radius), name="regions")
     if seed_image:
@@ -372,7 +385,11 @@ def init_tmstarget_wf(
         regions.inputs.search_image = str(search_region_image)
     workflow.connect(inputnode, "mask_files", regions, "mask_files")
     workflow.connect(inputnode, "gm_file", regions, "gm_file")
-    workflow.connect(inputnode, "to_mni_xfm", regions, "to_mni_xfm")
+    if space == "T1w":  # the regions and the seed's quality place MNI spheres on T1w voxels
+        to_mni = (read_once("to_mni_xfm"), "mapping_file")
+    else:
+        to_mni = (inputnode, "to_mni_xfm")  # not set in an MNI space
+    workflow.connect(*to_mni, regions, "to_mni_xfm")
 
     if denoise_mem_gb is None or isinstance(denoise_mem_gb, (int, float)):
         denoise_mem_gb = [denoise_mem_gb or DENOISE_MEM_GB] * n_runs
@@ -432,7 +449,7 @@ def init_tmstarget_wf(
         seed_quality.inputs.seed_center = tuple(seed_center)
         seed_quality.inputs.seed_radius = seed_radius
     workflow.connect([
-        (inputnode, seed_quality, [("to_mni_xfm", "to_mni_xfm")]),
+        (to_mni[0], seed_quality, [(to_mni[1], "to_mni_xfm")]),
         (merge["raw_stats_file"], seed_quality, [("out", "raw_stats_files")]),
         (merge["mask_file"], seed_quality, [("out", "mask_files")]),
         (combine, seed_quality, [("runs_file", "runs_file")]),
@@ -447,7 +464,7 @@ def init_tmstarget_wf(
         to_native = pe.Node(MapTargets(), name="map_target_to_T1w")
         workflow.connect([
             (select, to_native, [("targets_file", "targets_file")]),
-            (inputnode, to_native, [("to_other_xfm", "xfm_file")]),
+            (read_once("to_other_xfm"), to_native, [("mapping_file", "xfm_file")]),
             (to_native, snap, [("out_file", "targets_file")]),
             (inputnode, snap, [("native_gm_file", "gm_file")]),
         ])
@@ -497,10 +514,11 @@ def init_tmstarget_wf(
         ])
         if native_head:
             # the MNI landmarks go into T1w as the target did; the z map stays in the runs' space
-            workflow.connect([(inputnode, landmarks, [("to_other_xfm", "from_mni_xfm")]),
-                              (inputnode, comparators, [("from_other_xfm", "to_map_xfm")]),
+            to_t1w, from_t1w = read_once("to_other_xfm"), read_once("from_other_xfm")
+            workflow.connect([(to_t1w, landmarks, [("mapping_file", "from_mni_xfm")]),
+                              (from_t1w, comparators, [("mapping_file", "to_map_xfm")]),
                               # the BOLD grid's MNI points into T1w, where the plan is
-                              (inputnode, efield, [("to_other_xfm", "grid_to_plan_xfm")])])
+                              (to_t1w, efield, [("mapping_file", "grid_to_plan_xfm")])])
         else:
             workflow.connect(inputnode, "from_mni_xfm", landmarks, "from_mni_xfm")
             if space != "T1w":
@@ -532,7 +550,10 @@ def init_tmstarget_wf(
     else:
         to_mapped = None
     if to_mapped is not None:
-        workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")
+        if native_head:  # the comparators read it too
+            workflow.connect(read_once(xfm_field), "mapping_file", to_mapped, "xfm_file")
+        else:
+            workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")
     for node, output, field, mapped_output in plan_outputs:
         workflow.connect(node, output, outputnode, own + field)
         if to_mapped is not None:

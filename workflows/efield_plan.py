@@ -42,7 +42,7 @@ from tmstarget.workflows.efield import (
 )
 from tmstarget.workflows.comparators import POSE_COLUMNS
 from tmstarget.workflows.scalp import format_table_number, project_to_scalp
-from tmstarget.workflows.transforms import points_mapping
+from tmstarget.workflows.transforms import points_mapping, transform_source
 
 #: Columns :class:`EfieldPlan` adds to the targets table.
 EFIELD_COLUMNS = ("handle_angle_deg", "efield_target_v_per_m", "efield_clinical_v_per_m",
@@ -224,8 +224,9 @@ class _EfieldPlanInputSpec(BaseInterfaceInputSpec):
     reference_file = File(exists=True, mandatory=True,
                           desc="image defining the grid of the field map, its non-zero voxels "
                           "the ones computed (the BOLD brain mask of the computation space)")
-    grid_to_plan_xfm = File(exists=True, desc="ITK .h5 transform mapping world points of the "
-                            "reference grid into the plan's space (transforms.map_points); "
+    grid_to_plan_xfm = File(exists=True, desc="ITK .h5 transform (or its ReadTransform mapping) "
+                            "mapping world points of the reference grid into the plan's space "
+                            "(transforms.points_mapping); "
                             "absent: the grid is in the plan's space")
     coil = traits.Enum(*sorted(COIL_GEOMETRIES), usedefault=True, desc="coil model")
     didt_a_per_us = traits.Float(DEFAULT_DIDT_A_PER_US, usedefault=True,
@@ -454,7 +455,7 @@ def _info(inputs, names, plan, handle_angle, offset, threshold, warnings) -> dic
         "Spheres": spheres,
         "Map": {"Row": inputs.map_row, "Quantity": "|E| (V/m)", "Pose": inputs.orientation,
                 "Grid": Path(inputs.reference_file).name,
-                "GridToPlanTransform": (Path(inputs.grid_to_plan_xfm).name
+                "GridToPlanTransform": (transform_source(inputs.grid_to_plan_xfm).name
                                         if inputs.grid_to_plan_xfm else None),
                 "MaxDistanceFromCoil_mm": (inputs.map_max_distance_mm
                                            if isdefined(inputs.map_max_distance_mm) else None),

@@ -33,7 +33,13 @@ from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
-from tmstarget.workflows.head import head_check, head_mask, largest_component, point_checks
+from tmstarget.workflows.head import (
+    fill_holes,
+    head_check,
+    head_mask,
+    largest_component,
+    point_checks,
+)
 
 #: Columns :class:`ScalpProjection` appends to the points table.
 SCALP_COLUMNS = ("scalp_x", "scalp_y", "scalp_z", "scalp_distance_mm", "scalp_normal_angle_deg")
@@ -124,7 +130,7 @@ def scalp_mesh(
     affine = np.asarray(affine, dtype=float)
     if not mask.any():
         raise ValueError("the head mask is empty: no scalp surface to build")
-    solid = ndimage.binary_fill_holes(largest_component(mask))
+    solid = fill_holes(largest_component(mask))
 
     zooms = voxel_sizes(affine)
     if smooth_mm is None:

@@ -24,15 +24,21 @@ ITK's LPS internally). ``fmt="itk"`` matters: since nitransforms 25 the default 
 ``load`` is X5, which rejects ITK files. The dense-field part of the chain has no inverse
 (``map(..., inverse=True)`` raises ``NotImplementedError``), so each direction needs its own file,
 as fMRIPrep provides.
+
+The chain's displacement field maps points through the spline coefficients computed once
+(:class:`SplineField`, the same bits as nitransforms' ``map``), and the graph reads each
+transform that several steps use once (:class:`ReadTransform`, :func:`write_mapping`).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from os import PathLike
 from pathlib import Path
 
+import nibabel as nb
 import numpy as np
 import pandas as pd
 from nipype.interfaces.base import (
@@ -43,6 +49,7 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+from scipy.ndimage import map_coordinates, spline_filter
 
 from tmstarget.workflows.coil import coil_frame, plan_distances
 
@@ -55,7 +62,8 @@ def map_points(points_ras, xfm_file: str | PathLike) -> np.ndarray:
     points_ras : array_like, shape (N, 3) or (3,)
         World coordinates in millimetres, RAS+, in the reference (``to-``) space of the transform.
     xfm_file : str or os.PathLike
-        An ITK composite transform in HDF5 (``*_mode-image_xfm.h5``, as fMRIPrep writes them).
+        An ITK composite transform in HDF5 (``*_mode-image_xfm.h5``, as fMRIPrep writes them), or
+        the same transform as :class:`ReadTransform` writes it (:func:`write_mapping`).
 
     Returns
     -------
@@ -82,27 +90,158 @@ def _as_points(points_ras) -> np.ndarray:
     return points
 
 
-def points_mapping(xfm_file: str | PathLike):
-    """:func:`map_points` with the transform read once: a function ``points_ras -> points``.
+class SplineField:
+    """A displacement field of a composite transform, ready to map points (RAS mm).
 
-    Reading fMRIPrep's composite (its displacement field) costs several times mapping a few
-    hundred points with it (0.65 s against 0.16 s for a 1 mm field), so a step that maps several
-    sets of points through one file reads it once.
+    nitransforms' ``DenseFieldTransform`` maps points by cubic B-spline interpolation of the
+    field of mapped positions (grid coordinates plus displacements); its ``map`` asks
+    ``scipy.ndimage.map_coordinates`` to compute the spline coefficients of the whole field again
+    at every call (``prefilter=True``). This is the same map with the coefficients computed once
+    (``spline_filter(..., order=3, mode="constant")``, what ``map_coordinates`` computes itself
+    before it interpolates, then ``prefilter=False``): the same values bit for bit (tested
+    against nitransforms' ``map``). Why by hand: nitransforms keeps no coefficients, and a 1 mm
+    field (fMRIPrep's MNI152NLin2009cAsym res-1 grid, 193 x 229 x 193) costs about 5 s to read
+    and 1.5 s per ``map``, paid by every step that maps points through it (five per participant).
+
+    Parameters
+    ----------
+    reference : nitransforms.base.ImageGrid
+        The field's grid (``index`` maps RAS mm to voxel indices, as nitransforms does).
+    field : ndarray (I, J, K, 3), float64
+        The mapped position of each grid point, RAS mm (nitransforms' field of deformations).
+    coefficients : ndarray (3, I, J, K), float64
+        Cubic B-spline coefficients of each component of ``field`` (:meth:`from_dense`).
+    """
+
+    def __init__(self, reference, field, coefficients):
+        self.reference = reference
+        self.field = field
+        self.coefficients = coefficients
+
+    @classmethod
+    def from_dense(cls, dense):
+        """From a nitransforms ``DenseFieldTransform``: its field, and the coefficients."""
+        from nitransforms.base import ImageGrid
+
+        # nitransforms' field of deformations (grid coordinates + displacements, RAS mm); it has
+        # no public accessor.
+        field = dense._field
+        coefficients = np.empty((3, *field.shape[:3]))
+        for axis in range(3):
+            spline_filter(field[..., axis], order=3, output=coefficients[axis], mode="constant")
+        # A grid of the same affine and shape, without the coordinates of every voxel that
+        # nitransforms caches in the reference (as large as the field).
+        shape = dense.reference.shape
+        grid = ImageGrid(nb.Nifti1Image(np.broadcast_to(np.uint8(0), shape), dense.reference.affine))
+        return cls(grid, field, coefficients)
+
+    def map(self, x, inverse=False):
+        """``nitransforms.nonlinear.DenseFieldTransform.map`` (25.1), reading the coefficients
+        instead of computing them: RAS mm in, RAS mm out; off the field, a point stays put."""
+        if inverse:
+            raise NotImplementedError("a displacement field has no inverse: read the other file")
+        ijk = self.reference.index(np.array(x, dtype="float32"))
+        indexes = np.round(ijk).astype("int")
+        ongrid = np.where(np.linalg.norm(ijk - indexes, axis=1) < 1e-3)[0]
+        if ongrid.size == np.shape(x)[0]:
+            return np.asarray(self.field[tuple(indexes.T) + (np.s_[:],)])
+        mapped = np.vstack([map_coordinates(self.coefficients[axis], ijk.T, order=3, mode="constant",
+                                            cval=np.nan, prefilter=False) for axis in range(3)]).T
+        mapped[np.isnan(mapped)] = np.array(x)[np.isnan(mapped)]
+        return mapped
+
+
+def read_transform(xfm_file: str | PathLike) -> list:
+    """Read an ITK composite transform (fMRIPrep's ``*_xfm.h5``) for mapping points.
+
+    Parameters
+    ----------
+    xfm_file : str or os.PathLike
+        The ``.h5`` file, read by nitransforms (``nitransforms.manip.load(..., fmt="itk")``).
+
+    Returns
+    -------
+    list
+        The transforms in the order they apply to a point: nitransforms' own linear transforms,
+        and a :class:`SplineField` for each displacement field.
     """
     from nitransforms.manip import load
+    from nitransforms.nonlinear import DenseFieldTransform
 
     with warnings.catch_warnings():
         # points need no reference grid (it is for resampling images): not a warning for us
         warnings.filterwarnings("ignore", message="Reference space not set")
         chain = load(str(xfm_file), fmt="itk")
+    return [SplineField.from_dense(transform) if isinstance(transform, DenseFieldTransform)
+            else transform for transform in chain.transforms]
+
+
+#: The file :func:`write_mapping` writes beside the fields' arrays.
+MAPPING_FILE = "mapping.pkl"
+
+
+def write_mapping(xfm_file: str | PathLike, folder: str | PathLike) -> Path:
+    """Read a composite transform once (:func:`read_transform`) and write it into ``folder`` for
+    the steps that map points with it: :data:`MAPPING_FILE` (the transforms, pickled, each
+    displacement field by the names of its two ``.npy`` arrays beside it), which
+    :func:`points_mapping` reads with the arrays memory-mapped (a step then reads only the
+    field's values around its points). Returns the path of :data:`MAPPING_FILE`."""
+    folder = Path(folder)
+    stored = []
+    for k, transform in enumerate(read_transform(xfm_file)):
+        if isinstance(transform, SplineField):
+            np.save(folder / f"field_{k}.npy", transform.field)
+            np.save(folder / f"coefficients_{k}.npy", transform.coefficients)
+            stored.append(("field", transform.reference, f"field_{k}.npy", f"coefficients_{k}.npy"))
+        else:
+            stored.append(("transform", transform))
+    out = folder / MAPPING_FILE
+    with open(out, "wb") as handle:
+        pickle.dump({"source": str(xfm_file), "transforms": stored}, handle)
+    return out
+
+
+def _load_mapping(mapping_file: Path) -> list:
+    """The transforms written by :func:`write_mapping`, with the fields' arrays memory-mapped."""
+    with open(mapping_file, "rb") as handle:
+        stored = pickle.load(handle)["transforms"]
+    folder = mapping_file.parent
+    return [SplineField(entry[1], np.load(folder / entry[2], mmap_mode="r"),
+                        np.load(folder / entry[3], mmap_mode="r"))
+            if entry[0] == "field" else entry[1] for entry in stored]
+
+
+def transform_source(xfm_file: str | PathLike) -> Path:
+    """The ITK file a transform comes from (for provenance): ``xfm_file`` itself, or the file a
+    :data:`MAPPING_FILE` was read from."""
+    path = Path(xfm_file)
+    if path.name != MAPPING_FILE:
+        return path
+    with open(path, "rb") as handle:
+        return Path(pickle.load(handle)["source"])
+
+
+def points_mapping(xfm_file: str | PathLike):
+    """:func:`map_points` with the transform read once: a function ``points_ras -> points``.
+
+    ``xfm_file`` is fMRIPrep's ``.h5`` (read here) or the :data:`MAPPING_FILE` that
+    :class:`ReadTransform` wrote from it (loaded at once). A step that maps several sets of
+    points through one file reads it once; the graph reads each transform used by more than
+    one step once (:class:`ReadTransform`).
+    """
+    path = Path(xfm_file)
+    transforms = _load_mapping(path) if path.name == MAPPING_FILE else read_transform(path)
 
     def mapping(points_ras) -> np.ndarray:
         points = _as_points(points_ras)
         if points.shape[0] == 0:
             return np.empty((0, 3))
+        # nitransforms' TransformChain.map: each transform in turn
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Reference space not set")
-            return np.asarray(chain.map(points), dtype=float).reshape(-1, 3)
+            for transform in transforms:
+                points = transform.map(points)
+        return np.asarray(points, dtype=float).reshape(-1, 3)
 
     return mapping
 
@@ -259,10 +398,32 @@ def map_measurements(measurements, mapping):
     return mapped
 
 
+class _ReadTransformInputSpec(BaseInterfaceInputSpec):
+    xfm_file = File(exists=True, mandatory=True,
+                    desc="ITK composite transform (fMRIPrep's *_mode-image_xfm.h5)")
+
+
+class _ReadTransformOutputSpec(TraitedSpec):
+    mapping_file = File(exists=True, desc="the transform read once (write_mapping), for the "
+                        "steps' transform inputs (points_mapping)")
+
+
+class ReadTransform(SimpleInterface):
+    """Read a composite transform once for all the steps that map points with it
+    (:func:`write_mapping` in the node's working directory)."""
+
+    input_spec = _ReadTransformInputSpec
+    output_spec = _ReadTransformOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["mapping_file"] = str(write_mapping(self.inputs.xfm_file, runtime.cwd))
+        return runtime
+
+
 class _MapTargetsInputSpec(BaseInterfaceInputSpec):
     targets_file = File(exists=True, mandatory=True, desc="targets TSV in the table's space")
     xfm_file = File(exists=True, mandatory=True,
-                    desc="transform whose reference space is the table's space")
+                    desc="transform whose reference space is the table's space (points_mapping)")
     measurements_file = File(exists=True, desc="scalp_measurements.json of the same plan")
     remeasure = traits.Bool(False, usedefault=True,
                             desc="measure depths, distances and doses again in the new space "

@@ -21,6 +21,38 @@ COIL_WING_OFFSET_MM = 18.0
 HANDLE_LENGTH_MM = 45.0
 
 
+#: The head is drawn with faces of about this size (mm): a mesh made on a finer grid (fMRIPrep's
+#: 1 mm T1w) is merged to it for the picture, which has fewer pixels than such a mesh has faces.
+DRAWN_FACE_MM = 2.0
+
+
+def merged_mesh(vertices, faces, normals, cell_mm):
+    """The mesh with its vertices merged cell by cell of a grid of ``cell_mm`` (vertex clustering,
+    Rossignac & Borrel 1993): each cell's vertices become their mean, its normals their
+    normalized mean, and the faces left with three distinct vertices are kept. For the picture
+    only; the plan uses the mesh itself.
+
+    Returns
+    -------
+    vertices (M, 3), faces (F, 3), normals (M, 3)
+    """
+    cells = np.floor(np.asarray(vertices) / cell_mm).astype(np.int64)
+    cells -= cells.min(axis=0)
+    extent = cells.max(axis=0) + 1
+    _, cluster, counts = np.unique((cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2],
+                                   return_inverse=True, return_counts=True)
+
+    def mean(values):
+        return np.column_stack([np.bincount(cluster, weights=values[:, axis], minlength=counts.size)
+                                for axis in range(3)]) / counts[:, None]
+    merged, merged_normals = mean(np.asarray(vertices, float)), mean(np.asarray(normals, float))
+    merged_normals /= np.maximum(np.linalg.norm(merged_normals, axis=1, keepdims=True), 1e-12)
+    faces = cluster[faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2])
+                  & (faces[:, 0] != faces[:, 2])]
+    return merged, faces, merged_normals
+
+
 def table_on_mesh(vertices, tables):
     """Which of several targets tables is in the mesh's space: the one whose scalp points lie on it.
 
@@ -64,7 +96,9 @@ def plot_head(mesh_file, targets, path, elevation=25.0, azimuth=140.0):
     """The scalp seen from the front left, with each target's coil position and the planned coil.
 
     matplotlib draws the mesh as polygons shaded by their normal (Lambert). Only faces turned
-    towards the viewer are drawn: the hidden half of the head costs time and nothing else. The
+    towards the viewer are drawn: the hidden half of the head costs time and nothing else. A mesh
+    of a T1w finer than 1.5 mm is drawn merged to :data:`DRAWN_FACE_MM` (:func:`merged_mesh`):
+    the 1 mm head's 330,000 faces took 2.4 s to draw, to no visible difference. The
     connectivity row's coil is drawn as a figure-8 outline in the coil plane with an arrow along the
     handle direction.
 
@@ -86,8 +120,10 @@ def plot_head(mesh_file, targets, path, elevation=25.0, azimuth=140.0):
     from tmstarget.reports.palette import TARGET_COLOURS
 
     mesh = np.load(mesh_file)
-    vertices, faces = mesh["vertices"], mesh["faces"]
-    face_normals = mesh["normals"][faces].mean(axis=1)
+    vertices, faces, normals = mesh["vertices"], mesh["faces"], mesh["normals"]
+    if np.min(np.linalg.norm(mesh["affine"][:3, :3], axis=0)) < 0.75 * DRAWN_FACE_MM:
+        vertices, faces, normals = merged_mesh(vertices, faces, normals, DRAWN_FACE_MM)
+    face_normals = normals[faces].mean(axis=1)
     elev, azim = np.deg2rad(elevation), np.deg2rad(azimuth)
     towards_viewer = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
     visible = face_normals @ towards_viewer > 0
