@@ -78,7 +78,7 @@ def scalp_stage(root, truth, work):
                                from_mni_xfm=str(xfm)).run(cwd=str(work)).outputs
     targets = ScalpTargets(targets_file=projection.out_file, mesh_file=mesh_file,
                            landmarks_file=landmarks.landmarks_file, z_file=str(z_file),
-                           gm_file=gm_file, mask_files=[str(brain)]).run(cwd=str(work)).outputs
+                           mask_files=[str(brain)]).run(cwd=str(work)).outputs
     elapsed = time.perf_counter() - start
     mask = sorted(func.glob(f"*space-{MNI}_desc-brain_mask.nii.gz"))[0]
     return elapsed, dict(targets_file=targets.out_file, mesh_file=mesh_file,

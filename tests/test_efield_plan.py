@@ -66,7 +66,7 @@ def native(tmp_path_factory):
                                from_mni_xfm=str(mni_to_t1w)).run(cwd=str(work))
     targets = ScalpTargets(targets_file=projection.outputs.out_file, mesh_file=mesh_file,
                            landmarks_file=landmarks.outputs.landmarks_file, z_file=str(z_file),
-                           gm_file=gm_file, mask_files=[str(brain)]).run(cwd=str(work))
+                           mask_files=[str(brain)]).run(cwd=str(work))
     bold_mask = sorted(func.glob(f"*{MNI}_desc-brain_mask.nii.gz"))[0]
     return {"folder": folder, "targets": targets.outputs.out_file,
             "mesh": mesh_file,

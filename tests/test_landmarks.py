@@ -386,7 +386,7 @@ def run_interface(tmp_path, **kwargs):
                                   if key in LANDMARK_INPUTS}).run(cwd=str(tmp_path))
     result = ScalpTargets(landmarks_file=landmarks.outputs.landmarks_file,
                           **{key: value for key, value in kwargs.items()
-                             if key != "from_mni_xfm"}).run(cwd=str(tmp_path))
+                             if key not in ("from_mni_xfm", "gm_file")}).run(cwd=str(tmp_path))
     table = pd.read_csv(result.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)
     measurements = json.loads(Path(result.outputs.measurements_file).read_text())
     return table, measurements
@@ -678,13 +678,16 @@ def test_landmarks_file_keeps_every_bit(tmp_path):
     rng = np.random.default_rng(7)
     points = {name: rng.normal(0, 50, 3) for name in COMPARATOR_ROWS}
     points["5cm"] = np.full(3, np.nan)
-    saved = {"points": points, "trusted": {name: name != "5cm" for name in COMPARATOR_ROWS},
+    cortex = {name: point + rng.normal(0, 10, 3) for name, point in points.items()}
+    saved = {"points": points, "cortex": cortex,
+             "trusted": {name: name != "5cm" for name in COMPARATOR_ROWS},
              "head_axes": (rng.normal(0, 1, 3), rng.normal(0, 1, 3)),
              "measurements": {"HeadMeasurements_cm": {"NI": 35.12}}, "warnings": ["a warning"]}
     write_landmarks(tmp_path / "landmarks.json", saved)
     back = read_landmarks(tmp_path / "landmarks.json")
     for name in COMPARATOR_ROWS:
         np.testing.assert_array_equal(back["points"][name], points[name])  # bits, NaN == NaN
+        np.testing.assert_array_equal(back["cortex"][name], cortex[name])
     for axis, original in zip(back["head_axes"], saved["head_axes"]):
         assert axis.tobytes() == original.tobytes()
     assert back["trusted"] == saved["trusted"]

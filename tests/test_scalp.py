@@ -510,7 +510,7 @@ def _scalp_stage(work, t1w, points, truth_gm, mask_files, z_like):
     comparators = ScalpTargets(targets_file=projection.outputs.out_file,
                                mesh_file=mesh.outputs.mesh_file, z_file=str(z_file),
                                landmarks_file=landmarks.outputs.landmarks_file,
-                               gm_file=str(truth_gm), mask_files=mask_files).run(cwd=str(work))
+                               mask_files=mask_files).run(cwd=str(work))
     import json
 
     first = pd.read_csv(projection.outputs.out_file, sep="\t", dtype=str, keep_default_na=False)

@@ -492,7 +492,6 @@ def init_tmstarget_wf(
                                         if motor_threshold else {})), name="efield_plan")
         workflow.connect([
             (inputnode, mesh, [(head_t1w, "t1w_file")]),
-            (inputnode, comparators, [(head_gm, "gm_file")]),
             (inputnode, landmarks, [(head_gm, "gm_file")]),
             (mesh, projection, [("mesh_file", "mesh_file")]),
             (mesh, landmarks, [("mesh_file", "mesh_file")]),

@@ -150,7 +150,7 @@ def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
     landmarks_mm : ndarray (5, 3)
         :data:`MNI_LANDMARKS` mapped into the space, mm.
     gm_points : ndarray (G, 3)
-        Grey-matter voxel centres (the cortex beneath the motor hot spot).
+        Grey-matter voxel centres (the cortex beneath each method's scalp point).
     field_of_view : tuple (ndarray (4, 4), tuple), optional
         Affine and shape of the head T1w (its border is where a cut head ends); unknown: no
         border is checked.
@@ -163,7 +163,8 @@ def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
     -------
     dict
         ``points`` maps each of :data:`COMPARATOR_ROWS` to its scalp point (NaN where not
-        placed) and ``trusted`` to a bool; ``head_axes`` are the posterior and left-to-right
+        placed), ``cortex`` to the grey matter beneath it (NaN where not trusted) and
+        ``trusted`` to a bool; ``head_axes`` are the posterior and left-to-right
         directions from the fiducials (None without a trusted head); ``measurements`` holds what
         was measured on the head; ``warnings`` one line each.
     """
@@ -171,6 +172,7 @@ def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
         raise ValueError("the grey-matter map holds no voxel")
     if not head_trusted:  # ScalpMesh said why
         return {"points": dict.fromkeys(COMPARATOR_ROWS, np.full(3, np.nan)),
+                "cortex": dict.fromkeys(COMPARATOR_ROWS, np.full(3, np.nan)),
                 "trusted": dict.fromkeys(COMPARATOR_ROWS, False), "head_axes": None,
                 "measurements": {}, "warnings": []}
     mapped = np.asarray(landmarks_mm, dtype=float)
@@ -239,9 +241,13 @@ def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
         measurements["FiveCm"] = {"Distance_mm": FIVE_CM_MM, "Scalp_mm": listed(points["5cm"])}
     trusted = {"F3_1020": fiducials_trusted, "F3_beam": fiducials_trusted,
                "5cm": motor_trusted, "motor_hand": motor_trusted}
+    # The cortical point of each method's row: the grey matter beneath its scalp point.
+    cortex = {name: (cortical_point_beneath(points[name], gm_points, tree=gm_tree)
+                     if trusted[name] else nan) for name in COMPARATOR_ROWS}
     # The head's own axes for the coil handle: posterior (inion - nasion) and left to right.
-    return {"points": points, "trusted": trusted, "head_axes": (iz - nz, rpa - lpa),
-            "measurements": measurements, "warnings": warnings}
+    return {"points": points, "cortex": cortex, "trusted": trusted,
+            "head_axes": (iz - nz, rpa - lpa), "measurements": measurements,
+            "warnings": warnings}
 
 
 def write_landmarks(path, landmarks) -> None:
@@ -253,6 +259,7 @@ def write_landmarks(path, landmarks) -> None:
     axes = landmarks["head_axes"]
     Path(path).write_text(json.dumps({
         "Points_mm": {name: listed(p) for name, p in landmarks["points"].items()},
+        "Cortex_mm": {name: listed(p) for name, p in landmarks["cortex"].items()},
         "Trusted": {name: bool(t) for name, t in landmarks["trusted"].items()},
         "HeadAxes": None if axes is None else [listed(a) for a in axes],
         "Measurements": landmarks["measurements"],
@@ -265,12 +272,13 @@ def read_landmarks(path) -> dict:
     saved = json.loads(Path(path).read_text())
     axes = saved["HeadAxes"]
     return {"points": {name: np.array(p, dtype=float) for name, p in saved["Points_mm"].items()},
+            "cortex": {name: np.array(p, dtype=float) for name, p in saved["Cortex_mm"].items()},
             "trusted": saved["Trusted"],
             "head_axes": None if axes is None else tuple(np.array(a, dtype=float) for a in axes),
             "measurements": saved["Measurements"], "warnings": saved["QualityWarnings"]}
 
 
-def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
+def scalp_comparators(table, surface, z_map, landmarks, *,
                       field_of_view=None, head_trusted: bool = True, t1w_name: str = "the head T1w",
                       brain_mask=None, to_map_space=None, handle_angle_deg: float = 45.0,
                       coil_offset_mm: float = 0.0, gm_threshold: float = 0.5,
@@ -290,12 +298,11 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
         least, ``scalp_trusted`` if judged; values kept verbatim).
     surface : tmstarget.workflows.surface.Surface
         The scalp mesh, world mm (RAS) of the computation space.
-    gm_points : ndarray (G, 3)
-        Grey-matter voxel centres (:func:`tmstarget.workflows.greymatter.grey_matter_points`).
     z_map : tuple (ndarray, ndarray (4, 4))
         The Fisher-z connectivity map (3-D) and its affine.
     landmarks : dict
-        The scalp-based methods' points on this scalp (:func:`scalp_landmarks`).
+        The scalp-based methods' points on this scalp and the cortex beneath them
+        (:func:`scalp_landmarks`).
     field_of_view : tuple (ndarray (4, 4), tuple), optional
         Affine and shape of the head T1w (its border is where a cut head ends); unknown: no
         border is checked.
@@ -313,7 +320,7 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
         Coil handle angle from the posterior direction (degrees, positive laterally) and centre
         offset above the scalp (mm).
     gm_threshold : float
-        Grey-matter probability threshold of ``gm_points`` (for the methods text).
+        Grey-matter probability threshold of the cortical points (for the methods text).
     space : str
         The table's space, named with the coordinates a warning gives.
 
@@ -329,9 +336,6 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
     warnings : list of str
         One line each.
     """
-    if len(gm_points) == 0:
-        raise ValueError("the grey-matter map holds no voxel")
-    gm_tree = cKDTree(gm_points)
     new_points, new_trusted = landmarks["points"], landmarks["trusted"]
     head_axes = landmarks["head_axes"]
     measurements, warnings = dict(landmarks["measurements"]), list(landmarks["warnings"])
@@ -399,12 +403,11 @@ def scalp_comparators(table, surface, gm_points, z_map, landmarks, *,
         warnings += check_warnings
         table["scalp_trusted"] = ["true" if t else "false" for t in trusted_in]
 
-    # New rows: scalp point -> cortical point beneath (trusted rows only).
+    # New rows: scalp point and the cortical point beneath (trusted rows only).
     new_scalp = np.array([new_points[name] for name in COMPARATOR_ROWS])
     new_ok = np.array([new_trusted[name] for name in COMPARATOR_ROWS])
-    new_cortex = np.full_like(new_scalp, np.nan)
-    for k in np.flatnonzero(new_ok):
-        new_cortex[k] = cortical_point_beneath(new_scalp[k], gm_points, tree=gm_tree)
+    new_cortex = np.array([landmarks["cortex"][name] if new_trusted[name] else np.full(3, np.nan)
+                           for name in COMPARATOR_ROWS])
     rows = []
     new_z = z_at(COMPARATOR_ROWS, new_cortex)
     for name, cortex, ok, z_value in zip(COMPARATOR_ROWS, new_cortex, new_ok, new_z):
@@ -505,18 +508,18 @@ def _read_grey_matter(gm_file, threshold):
 
 
 class _HeadInputSpec(BaseInterfaceInputSpec):
-    """The head both steps work on: its scalp mesh and grey matter."""
+    """The head both steps work on: its scalp mesh, and the grey matter's threshold."""
 
     mesh_file = File(exists=True, mandatory=True,
                      desc="scalp_mesh.npz of ScalpMesh (vertices, faces, normals, affine)")
-    gm_file = File(exists=True, mandatory=True,
-                   desc="grey matter in the mesh's space (any grid): GM probseg, or an fMRIPrep "
-                   "dseg (label 1 = GM)")
     gm_threshold = traits.Float(0.5, usedefault=True,
                                 desc="grey-matter probability threshold (probseg; --gm-threshold)")
 
 
 class _ScalpLandmarksInputSpec(_HeadInputSpec):
+    gm_file = File(exists=True, mandatory=True,
+                   desc="grey matter in the mesh's space (any grid): GM probseg, or an fMRIPrep "
+                   "dseg (label 1 = GM)")
     from_mni_xfm = File(exists=True,
                         desc="transform mapping MNI152NLin2009cAsym points into the mesh's space "
                         "(tmstarget.workflows.transforms.map_points); absent: the space is MNI")
@@ -603,7 +606,6 @@ class ScalpTargets(SimpleInterface):
         inputs = self.inputs
         surface, field_of_view, head_trusted, t1w_name = _read_mesh(inputs.mesh_file)
         to_map_space = points_mapping(inputs.to_map_xfm) if isdefined(inputs.to_map_xfm) else None
-        gm_points = _read_grey_matter(inputs.gm_file, inputs.gm_threshold)
         z_img = nb.load(inputs.z_file)
         z_data = np.asanyarray(z_img.dataobj, dtype=np.float32)
         if z_data.ndim == 4:
@@ -617,7 +619,7 @@ class ScalpTargets(SimpleInterface):
         brain_mask = (load_mask_union(inputs.mask_files)
                       if isdefined(inputs.mask_files) and inputs.mask_files else None)
         table, measurements, _ = scalp_comparators(
-            table, surface, gm_points, (z_data, z_img.affine), read_landmarks(inputs.landmarks_file),
+            table, surface, (z_data, z_img.affine), read_landmarks(inputs.landmarks_file),
             field_of_view=field_of_view, head_trusted=head_trusted, t1w_name=t1w_name,
             brain_mask=brain_mask, to_map_space=to_map_space,
             handle_angle_deg=inputs.handle_angle_deg,
