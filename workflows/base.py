@@ -362,7 +362,7 @@ def init_tmstarget_wf(
                          name="outputnode")
 
     # A transform that several steps map points with is read once for them (ReadTransform):
-    # reading fMRIPrep's 1 mm displacement field takes seconds, mapping points with it read
+    # reading fMRIPrep's 1 mm displacement field takes seconds, mapping points with it once read
     # takes milliseconds. Only transforms the graph always has: the others are optional inputs.
     read_nodes = {}
 
@@ -549,7 +549,7 @@ def init_tmstarget_wf(
     else:
         to_mapped = None
     if to_mapped is not None:
-        if native_head:  # the comparators read it too
+        if native_head:  # read once: the scalp stage's comparators map with it too
             workflow.connect(read_once(xfm_field), "mapping_file", to_mapped, "xfm_file")
         else:
             workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")

@@ -2,11 +2,12 @@
 
 :func:`scalp_comparators` takes the targets table of
 :class:`tmstarget.workflows.scalp.ScalpProjection` (the connectivity row and its scalp point), the
-scalp mesh, the grey matter and the connectivity map, and adds the rows ``F3_1020`` (10-20 F3),
-``F3_beam`` (Beam F3), ``5cm`` (the 5 cm rule) and ``motor_hand`` (the motor hot spot), each as
-its scalp point and the cortex beneath it (the grey-matter voxel nearest it), with for every row
-the coil pose (:func:`tmstarget.workflows.coil.coil_pose`), the distance to the connectivity
-target and the depth-adjusted dose (:func:`tmstarget.workflows.coil.plan_distances`). The
+scalp mesh, the methods' points on it and the connectivity map, and adds the rows ``F3_1020``
+(10-20 F3), ``F3_beam`` (Beam F3), ``5cm`` (the 5 cm rule) and ``motor_hand`` (the motor hot
+spot), each as its scalp point and the cortex beneath it (the grey-matter voxel nearest it),
+with for every row the coil pose (:func:`tmstarget.workflows.coil.coil_pose`), the distance to
+the connectivity target and the depth-adjusted dose
+(:func:`tmstarget.workflows.coil.plan_distances`). The
 constructions are those of :mod:`tmstarget.workflows.landmarks`; they need the head alone, so
 :func:`scalp_landmarks` (the step :class:`ScalpLandmarks`) places them beside the steps that lead
 to the target, and :class:`ScalpTargets` adds them to its table. The interfaces only read the
