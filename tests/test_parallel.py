@@ -238,3 +238,29 @@ def test_the_head_steps_do_not_wait_for_the_bold(native_head):
         for read in reads:
             assert {node.name for node in nx.ancestors(graph, named[read])} == {"inputnode"}
     assert "scalp_landmarks" in {node.name for node in nx.ancestors(graph, named["scalp_targets"])}
+
+
+def test_a_large_head_keeps_a_cpu_for_its_steps(tmp_path):
+    """When the runs' Denoise would take every CPU and the head is a fine grid (fMRIPrep's 1 mm
+    T1w), one CPU is kept for the head's steps, which then run beside Denoise; a 2 mm head, or a
+    machine with CPUs to spare, keeps the share-out as it was."""
+    import nibabel as nb
+
+    from tmstarget.collect import ParticipantInputs
+    from tmstarget.participant import LARGE_HEAD_VOXELS, _head_voxels, processes_per_step
+
+    one_mm, two_mm = 193 * 229 * 193, 97 * 115 * 97
+    assert two_mm < LARGE_HEAD_VOXELS < one_mm
+    assert processes_per_step(2, 1, two_mm) == 2 and processes_per_step(2, 1, one_mm) == 1
+    assert processes_per_step(4, 1, one_mm) == 3 and processes_per_step(16, 1, one_mm) == 8
+    assert processes_per_step(2, 2, one_mm) == 1 and processes_per_step(3, 1) == 3
+    # the head the plan is made on: the native T1w in an MNI computation that plans on it
+    small, large = tmp_path / "small.nii", tmp_path / "large.nii"
+    nb.Nifti1Image(np.zeros((97, 115, 97), np.uint8), np.eye(4)).to_filename(small)
+    nb.Nifti1Image(np.zeros((193, 229, 193), np.uint8), np.eye(4)).to_filename(large)
+    inputs = ParticipantInputs(subject="01", space="MNI152NLin2009cAsym", runs=[], t1w=str(small),
+                               gm="gm.nii.gz", native_t1w=str(large), other_space="T1w",
+                               to_other_xfm="a.h5", from_other_xfm="b.h5", native_gm="gm.nii.gz")
+    assert _head_voxels(inputs) == one_mm
+    inputs.native_gm = None  # no native head: the plan is made on the space's T1w
+    assert _head_voxels(inputs) == two_mm
