@@ -242,9 +242,11 @@ def scalp_landmarks(surface, landmarks_mm, gm_points, *, field_of_view=None,
         measurements["FiveCm"] = {"Distance_mm": FIVE_CM_MM, "Scalp_mm": listed(points["5cm"])}
     trusted = {"F3_1020": fiducials_trusted, "F3_beam": fiducials_trusted,
                "5cm": motor_trusted, "motor_hand": motor_trusted}
-    # The cortical point of each method's row: the grey matter beneath its scalp point.
+    # The cortical point of each method's row: the grey matter beneath its scalp point (the
+    # motor hot spot's is the one found above).
     cortex = {name: (cortical_point_beneath(points[name], gm_points, tree=gm_tree)
-                     if trusted[name] else nan) for name in COMPARATOR_ROWS}
+                     if trusted[name] else nan) for name in COMPARATOR_ROWS if name != "motor_hand"}
+    cortex["motor_hand"] = motor_cortex if motor_trusted else nan
     # The head's own axes for the coil handle: posterior (inion - nasion) and left to right.
     return {"points": points, "cortex": cortex, "trusted": trusted,
             "head_axes": (iz - nz, rpa - lpa), "measurements": measurements,
