@@ -108,7 +108,10 @@ def run_parts(parts, here=True):
             process.join()
             (results if ok else errors).append(value)
     except BaseException:
+        # A Ctrl-C reaches the parts too (one process group): give them a moment to run their own
+        # clean-up (an atomic write removes its temporary file) before they are terminated.
         for process, _ in children:
+            process.join(timeout=2.0)
             process.terminate()
             process.join()
         raise
