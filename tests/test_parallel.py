@@ -34,16 +34,20 @@ def test_parts_run_in_other_processes_and_write_into_shared_memory():
 
 def test_parts_all_forked_leave_this_process_waiting_and_an_interrupt_stops_them(tmp_path):
     """``here=False``: every part (one too) runs in a forked process, results in order; a
-    KeyboardInterrupt while this process waits stops the parts instead of leaving them to run."""
+    KeyboardInterrupt while this process waits stops the parts instead of leaving them to run,
+    and a stopped part runs its ``finally`` clauses."""
     assert run_parts([os.getpid], here=False)[0] != os.getpid()
     pids = run_parts([os.getpid, os.getpid], here=False)
     assert len(set(pids)) == 2 and os.getpid() not in pids
 
-    started = tmp_path / "started"
+    started, cleaned_up = tmp_path / "started", tmp_path / "cleaned_up"
 
     def slow():
         started.write_text(str(os.getpid()))
-        time.sleep(30)
+        try:
+            time.sleep(30)
+        finally:  # as an atomic write removes its temporary file
+            cleaned_up.write_text("yes")
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -58,6 +62,7 @@ def test_parts_all_forked_leave_this_process_waiting_and_an_interrupt_stops_them
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert time.time() - begun < 10
+    assert cleaned_up.is_file()  # the part ran its clean-up before it ended
     child = int(started.read_text())
     with pytest.raises(ProcessLookupError):  # stopped and reaped, not left sleeping
         os.kill(child, 0)

@@ -48,12 +48,21 @@ def _end_with_parent(parent):
         os._exit(1)
 
 
+def _stop(signum, frame):
+    """SIGTERM (the parent stopping the parts, or the parent's end) as an exception, so that the
+    part's ``finally`` clauses run: an atomic write removes its temporary file."""
+    raise SystemExit(128 + signum)
+
+
 def _child(part, connection, parent):
     # Ctrl-C reaches the whole process group: the parent stops the parts and reports it once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
     _end_with_parent(parent)
     try:
         result = (True, part())
+    except SystemExit:  # stopped: nobody waits for a result
+        raise
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
         result = (False, err)
     try:
@@ -108,12 +117,15 @@ def run_parts(parts, here=True):
             process.join()
             (results if ok else errors).append(value)
     except BaseException:
-        # A Ctrl-C reaches the parts too (one process group): give them a moment to run their own
-        # clean-up (an atomic write removes its temporary file) before they are terminated.
+        # Stop the parts; each runs its own clean-up on the way out (see _stop). One whose stop
+        # was swallowed (an exception raised in a finalizer is ignored) is killed after a while.
         for process, _ in children:
-            process.join(timeout=2.0)
             process.terminate()
-            process.join()
+        for process, _ in children:
+            process.join(timeout=10.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
         raise
     if errors:
         raise errors[0]
