@@ -222,7 +222,7 @@ def test_map_measurements_moves_every_point_and_keeps_the_lengths(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# A transform read once (ReadTransform) maps as nitransforms does, bit for bit
+# A transform read once (ReadTransform) maps as nitransforms does, exactly where it should
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nonlinear(tmp_path_factory):
@@ -236,42 +236,75 @@ def nonlinear(tmp_path_factory):
             "t1w_to_mni": anat / "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5"}
 
 
+def _field_and_affine_only(path):
+    """nitransforms' chain of ``path``: its displacement field, and the chain without it."""
+    from nitransforms.nonlinear import DenseFieldTransform
+
+    field, = [t for t in load(str(path), fmt="itk").transforms if isinstance(t, DenseFieldTransform)]
+    affine_only = load(str(path), fmt="itk")
+    affine_only.transforms = [t for t in affine_only.transforms if not isinstance(t, DenseFieldTransform)]
+    return field, affine_only
+
+
+def _points_near_faces(field, low, high, n, rng):
+    """World points of the field's grid between ``low`` and ``high`` voxels inside a face."""
+    shape = np.array(field.reference.shape)
+    ijk = rng.uniform(high, shape - 1 - high, (n, 3))
+    axis, depth = rng.integers(0, 3, n), rng.uniform(low, high, n)
+    ijk[np.arange(n), axis] = np.where(rng.integers(0, 2, n), shape[axis] - 1 - depth, depth)
+    return nb.affines.apply_affine(field.reference.affine, ijk)
+
+
 @pytest.mark.filterwarnings("ignore:Reference space not set")  # nitransforms' map, for points
 @pytest.mark.parametrize("direction", ["mni_to_t1w", "t1w_to_mni"])
 def test_a_transform_read_once_maps_as_nitransforms(nonlinear, direction, tmp_path):
-    """The steps map points with the spline coefficients of the field computed once (in the
-    step from the .h5, or by ReadTransform for the whole graph); nitransforms computes them at
-    every map. Both give nitransforms' own map bit for bit: points between voxels, points on the
-    field's grid (nitransforms reads the field there), and points off the field (the affine
-    only)."""
-    from nitransforms.nonlinear import DenseFieldTransform
-
+    """The steps map points through the spline coefficients of the displacements computed once
+    (in the step from the .h5, or by ReadTransform for the whole graph: the same bits).
+    nitransforms interpolates the mapped positions instead and computes the splines at every
+    map: inside the field the two agree (to its float32 arithmetic), on the field's grid too
+    (nitransforms reads the field there), and off the field both move a point by the affine
+    only."""
     from tmstarget.workflows.transforms import ReadTransform, points_mapping, transform_source
 
     path = nonlinear[direction]
     chain = load(str(path), fmt="itk")
-    field, = [t for t in chain.transforms if isinstance(t, DenseFieldTransform)]
+    field, affine_only = _field_and_affine_only(path)
     rng = np.random.default_rng(1)
-    between = MNI_POINTS + rng.uniform(-3, 3, MNI_POINTS.shape)
-    between = np.r_[between, rng.uniform(-70, 70, (200, 3))]
-    on_grid = nb.affines.apply_affine(field.reference.affine,
-                                      rng.integers(5, 20, (50, 3)).astype(float))
-    # within two voxels of the field's faces, where the spline's boundary conditions matter
-    shape = np.array(field.reference.shape)
-    near_edge = rng.uniform(0.2, 2.0, (60, 3)) * rng.choice([-1, 1], (60, 1)) % shape
-    near_edge[:, 1:] = rng.uniform(2, shape[1:] - 3, (60, 2))
-    near_edge = nb.affines.apply_affine(field.reference.affine, near_edge)
+    # where the field is met (8 voxels or more inside every face; the t1w_to_mni file applies
+    # its affine first), then the points that meet it there
+    before_field = chain.transforms[:chain.transforms.index(field)]
+    to_points = (lambda q: np.asarray(before_field[0].map(q, inverse=True))) if before_field else np.asarray
+    inside = to_points(_points_near_faces(field, 8, 20, 300, rng))
+    on_grid = to_points(nb.affines.apply_affine(field.reference.affine,
+                                                rng.integers(8, 20, (50, 3)).astype(float)))
     off_field = np.array([[400.0, -380.0, 350.0], [-500.0, 10.0, 2.0]])
-    affine_only = load(str(path), fmt="itk")
-    affine_only.transforms = [t for t in affine_only.transforms
-                              if not isinstance(t, DenseFieldTransform)]
     # the field moves points: the test sees it
-    assert np.abs(np.asarray(chain.map(between)) - np.asarray(affine_only.map(between))).max() > 0.5
+    assert np.abs(np.asarray(chain.map(inside)) - np.asarray(affine_only.map(inside))).max() > 0.5
 
     mapping_file = ReadTransform(xfm_file=str(path)).run(cwd=str(tmp_path)).outputs.mapping_file
     assert transform_source(mapping_file) == path and transform_source(path) == path
-    for mapping in (points_mapping(path), points_mapping(mapping_file)):
-        for points in (between, near_edge, on_grid, off_field, np.r_[on_grid, between]):
-            expected = np.asarray(chain.map(points))
-            assert np.array_equal(mapping(points), expected)
-        assert np.array_equal(mapping(off_field), np.asarray(affine_only.map(off_field)))
+    read_here, read_once = points_mapping(path), points_mapping(mapping_file)
+    for points in (inside, on_grid, np.r_[on_grid, inside]):
+        assert np.array_equal(read_once(points), read_here(points))
+        np.testing.assert_allclose(read_once(points), np.asarray(chain.map(points)), rtol=0, atol=1e-4)
+    assert np.array_equal(read_once(off_field), np.asarray(affine_only.map(off_field)))
+    assert np.array_equal(read_once(off_field), np.asarray(chain.map(off_field)))
+
+
+@pytest.mark.filterwarnings("ignore:Reference space not set")
+def test_a_zero_displacement_field_moves_no_point_up_to_its_faces(dataset):
+    """The generator's similarity transforms hold a zero displacement field (a padded grid, as
+    antsRegistration writes a composite): every point of the field, up to a fraction of a
+    voxel from its faces, goes exactly where the affine alone sends it. A spline through the
+    field's mapped positions (nitransforms' map) bends within a few voxels of the faces, its
+    boundary condition mirroring the coordinates: the reading must not."""
+    from tmstarget.workflows.transforms import points_mapping
+
+    files, _, _ = dataset
+    rng = np.random.default_rng(2)
+    for path in files.values():
+        field, affine_only = _field_and_affine_only(path)
+        assert not np.any(field._deltas)  # nitransforms reads a zero field
+        points = np.r_[_points_near_faces(field, 0.05, 1.0, 200, rng),
+                       _points_near_faces(field, 1.0, 4.0, 200, rng)]
+        assert np.array_equal(points_mapping(path)(points), np.asarray(affine_only.map(points)))

@@ -17,17 +17,15 @@ That is the reverse of what the file names suggest at first reading; it is how I
 nitransforms define a transform (``antsApplyTransforms -r MNI -t from-T1w_to-MNI…`` walks the MNI
 grid and asks, for each of its points, where that point is in the T1w image).
 
-The reading is done by nitransforms: ``nitransforms.manip.load(path, fmt="itk")`` returns a
-``TransformChain`` (the displacement field first, then the affine, as ITK applies a composite
-transform) whose ``.map(points)`` takes and returns RAS+ millimetres (nitransforms converts from
-ITK's LPS internally). ``fmt="itk"`` matters: since nitransforms 25 the default format of
-``load`` is X5, which rejects ITK files. The dense-field part of the chain has no inverse
-(``map(..., inverse=True)`` raises ``NotImplementedError``), so each direction needs its own file,
-as fMRIPrep provides.
-
-The chain's displacement field maps points through the spline coefficients computed once
-(:class:`SplineField`, the same bits as nitransforms' ``map``), and the graph reads each
-transform that several steps use once (:class:`ReadTransform`, :func:`write_mapping`).
+The reading is done by nitransforms' ITK reader (``nitransforms.io.itk.ITKCompositeH5``, what
+``nitransforms.manip.load(path, fmt="itk")`` uses; ``fmt="itk"`` matters there: since
+nitransforms 25 the default format of ``load`` is X5, which rejects ITK files). It gives each
+transform of the file in RAS+ millimetres (converted from ITK's LPS): the affines as
+nitransforms ``Affine`` objects, the displacement field as an image of displacements, which
+:class:`SplineField` maps points through (the field first, then the affine, as ITK applies a
+composite transform). A displacement field has no inverse, so each direction needs its own
+file, as fMRIPrep provides. The graph reads each transform that several steps use once
+(:class:`ReadTransform`, :func:`write_mapping`).
 """
 
 from __future__ import annotations
@@ -93,62 +91,57 @@ def _as_points(points_ras) -> np.ndarray:
 class SplineField:
     """A displacement field of a composite transform, ready to map points (RAS mm).
 
-    nitransforms' ``DenseFieldTransform`` maps points by cubic B-spline interpolation of the
-    field of mapped positions (grid coordinates plus displacements); its ``map`` asks
-    ``scipy.ndimage.map_coordinates`` to compute the spline coefficients of the whole field again
-    at every call (``prefilter=True``). This is the same map with the coefficients computed once
-    (``spline_filter(..., order=3, mode="constant")``, what ``map_coordinates`` computes itself
-    before it interpolates, then ``prefilter=False``): the same values bit for bit (tested
-    against nitransforms' ``map``). Why by hand: nitransforms keeps no coefficients, and a 1 mm
-    field (fMRIPrep's MNI152NLin2009cAsym res-1 grid, 193 x 229 x 193) costs about 5 s to read
-    and 1.5 s per ``map``, paid by every step that maps points through it (five per participant).
+    A point ``x`` goes to ``x + u(x)``: ``u`` is the field's displacements (RAS mm, as
+    nitransforms reads them from ITK's LPS file), interpolated by cubic B-splines whose
+    coefficients are computed once (``spline_filter(..., order=3, mode="constant")``, then
+    ``map_coordinates(..., prefilter=False)``); off the field's grid the point stays put, as in
+    nitransforms. nitransforms' ``DenseFieldTransform`` maps points by interpolating the same
+    splines through the field of mapped positions (the world coordinates of every voxel plus the
+    displacements). Why by hand:
+
+    - it builds those coordinates (a 1 mm field, fMRIPrep's MNI152NLin2009cAsym res-1 grid of
+      193 x 229 x 193: about 3 s and 1 GB while it reads) and computes the spline coefficients
+      again at every ``map`` (1.5 s at 1 mm), for every step that maps points through it;
+    - interpolating only the displacements keeps the identity part exact: a zero field maps each
+      point onto itself up to the field's faces, where a spline through the coordinates bends
+      (its boundary condition mirrors them: 0.2 mm off within a voxel of a face of the 1 mm
+      grid, 0.001 mm at 4 voxels). Further in, both agree to about 1e-5 mm (nitransforms works
+      in float32 there; tested), and ITK itself agrees within 0.1 mm
+      (tests/test_transforms_itk.py).
 
     Parameters
     ----------
-    reference : nitransforms.base.ImageGrid
-        The field's grid (``index`` maps RAS mm to voxel indices, as nitransforms does).
-    field : ndarray (I, J, K, 3), float64
-        The mapped position of each grid point, RAS mm (nitransforms' field of deformations).
+    affine : ndarray (4, 4)
+        Voxel indices -> RAS mm of the field's grid.
     coefficients : ndarray (3, I, J, K), float64
-        Cubic B-spline coefficients of each component of ``field`` (:meth:`from_dense`).
+        Cubic B-spline coefficients of each component of the displacements (:meth:`from_image`).
     """
 
-    def __init__(self, reference, field, coefficients):
-        self.reference = reference
-        self.field = field
+    def __init__(self, affine, coefficients):
+        self.affine = np.asarray(affine, dtype=float)
         self.coefficients = coefficients
 
     @classmethod
-    def from_dense(cls, dense):
-        """From a nitransforms ``DenseFieldTransform``: its field, and the coefficients."""
-        from nitransforms.base import ImageGrid
-
-        # nitransforms' field of deformations (grid coordinates + displacements, RAS mm); it has
-        # no public accessor.
-        field = dense._field
-        coefficients = np.empty((3, *field.shape[:3]))
+    def from_image(cls, field_img):
+        """From a displacement field as nitransforms reads it from ITK's file: a NIfTI image of
+        RAS displacements (mm), shape (I, J, K, 3), on the field's grid."""
+        displacements = np.asanyarray(field_img.dataobj)
+        coefficients = np.empty((3, *displacements.shape[:3]))
         for axis in range(3):
-            spline_filter(field[..., axis], order=3, output=coefficients[axis], mode="constant")
-        # A grid of the same affine and shape, without the coordinates of every voxel that
-        # nitransforms caches in the reference (as large as the field).
-        shape = dense.reference.shape
-        grid = ImageGrid(nb.Nifti1Image(np.broadcast_to(np.uint8(0), shape), dense.reference.affine))
-        return cls(grid, field, coefficients)
+            spline_filter(displacements[..., axis], order=3, output=coefficients[axis], mode="constant")
+        return cls(field_img.affine, coefficients)
 
     def map(self, x, inverse=False):
-        """``nitransforms.nonlinear.DenseFieldTransform.map`` (25.1), reading the coefficients
-        instead of computing them: RAS mm in, RAS mm out; off the field, a point stays put."""
+        """RAS mm in, RAS mm out (nitransforms' ``map`` signature); off the field, a point stays
+        put."""
         if inverse:
             raise NotImplementedError("a displacement field has no inverse: read the other file")
-        ijk = self.reference.index(np.array(x, dtype="float32"))
-        indexes = np.round(ijk).astype("int")
-        ongrid = np.where(np.linalg.norm(ijk - indexes, axis=1) < 1e-3)[0]
-        if ongrid.size == np.shape(x)[0]:
-            return np.asarray(self.field[tuple(indexes.T) + (np.s_[:],)])
-        mapped = np.vstack([map_coordinates(self.coefficients[axis], ijk.T, order=3, mode="constant",
-                                            cval=np.nan, prefilter=False) for axis in range(3)]).T
-        mapped[np.isnan(mapped)] = np.array(x)[np.isnan(mapped)]
-        return mapped
+        points = np.asarray(x, dtype=float)
+        ijk = nb.affines.apply_affine(np.linalg.inv(self.affine), points)
+        displacements = np.vstack([
+            map_coordinates(self.coefficients[axis], ijk.T, order=3, mode="constant", cval=np.nan,
+                            prefilter=False) for axis in range(3)]).T
+        return points + np.nan_to_num(displacements, nan=0.0)
 
 
 def read_transform(xfm_file: str | PathLike) -> list:
@@ -157,23 +150,26 @@ def read_transform(xfm_file: str | PathLike) -> list:
     Parameters
     ----------
     xfm_file : str or os.PathLike
-        The ``.h5`` file, read by nitransforms (``nitransforms.manip.load(..., fmt="itk")``).
+        The ``.h5`` file, read by nitransforms' ITK reader
+        (``nitransforms.io.itk.ITKCompositeH5``, what ``nitransforms.manip.load(..., fmt="itk")``
+        reads it with).
 
     Returns
     -------
     list
-        The transforms in the order they apply to a point: nitransforms' own linear transforms,
-        and a :class:`SplineField` for each displacement field.
+        The transforms in the order they apply to a point (the reverse of the file's, as ITK
+        applies a composite transform): nitransforms' ``Affine`` for each linear transform, and a
+        :class:`SplineField` for each displacement field.
     """
-    from nitransforms.manip import load
-    from nitransforms.nonlinear import DenseFieldTransform
+    from nitransforms.io.itk import ITKCompositeH5, ITKLinearTransform
+    from nitransforms.linear import Affine
 
-    with warnings.catch_warnings():
-        # points need no reference grid (it is for resampling images): not a warning for us
-        warnings.filterwarnings("ignore", message="Reference space not set")
-        chain = load(str(xfm_file), fmt="itk")
-    return [SplineField.from_dense(transform) if isinstance(transform, DenseFieldTransform)
-            else transform for transform in chain.transforms]
+    # nitransforms.manip.load's chain, without the DenseFieldTransform (see SplineField)
+    transforms = []
+    for part in ITKCompositeH5.from_filename(str(xfm_file)):
+        transforms.insert(0, Affine(part.to_ras()) if isinstance(part, ITKLinearTransform)
+                          else SplineField.from_image(part))
+    return transforms
 
 
 #: The file :func:`write_mapping` writes beside the fields' arrays.
@@ -183,16 +179,16 @@ MAPPING_FILE = "mapping.pkl"
 def write_mapping(xfm_file: str | PathLike, folder: str | PathLike) -> Path:
     """Read a composite transform once (:func:`read_transform`) and write it into ``folder`` for
     the steps that map points with it: :data:`MAPPING_FILE` (the transforms, pickled, each
-    displacement field by the names of its two ``.npy`` arrays beside it), which
-    :func:`points_mapping` reads with the arrays memory-mapped (a step then reads only the
-    field's values around its points). Returns the path of :data:`MAPPING_FILE`."""
+    displacement field by its grid's affine and the name of the ``.npy`` array of its spline
+    coefficients beside it), which :func:`points_mapping` reads with the array memory-mapped (a
+    step then reads only the coefficients around its points). Returns the path of
+    :data:`MAPPING_FILE`."""
     folder = Path(folder)
     stored = []
     for k, transform in enumerate(read_transform(xfm_file)):
         if isinstance(transform, SplineField):
-            np.save(folder / f"field_{k}.npy", transform.field)
             np.save(folder / f"coefficients_{k}.npy", transform.coefficients)
-            stored.append(("field", transform.reference, f"field_{k}.npy", f"coefficients_{k}.npy"))
+            stored.append(("field", transform.affine, f"coefficients_{k}.npy"))
         else:
             stored.append(("transform", transform))
     out = folder / MAPPING_FILE
@@ -202,12 +198,11 @@ def write_mapping(xfm_file: str | PathLike, folder: str | PathLike) -> Path:
 
 
 def _load_mapping(mapping_file: Path) -> list:
-    """The transforms written by :func:`write_mapping`, with the fields' arrays memory-mapped."""
+    """The transforms written by :func:`write_mapping`, with the fields' coefficients memory-mapped."""
     with open(mapping_file, "rb") as handle:
         stored = pickle.load(handle)["transforms"]
     folder = mapping_file.parent
-    return [SplineField(entry[1], np.load(folder / entry[2], mmap_mode="r"),
-                        np.load(folder / entry[3], mmap_mode="r"))
+    return [SplineField(entry[1], np.load(folder / entry[2], mmap_mode="r"))
             if entry[0] == "field" else entry[1] for entry in stored]
 
 
