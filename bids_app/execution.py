@@ -362,6 +362,10 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None, import
                     workflow.run(plugin=runner)
             else:
                 workflow.run(plugin="Linear", plugin_args=plugin_args)
+            if sigint.received:
+                # a Ctrl-C whose KeyboardInterrupt was swallowed on its way (Python ignores one
+                # raised in an at-fork callback or a finalizer) still ends the run as one
+                raise KeyboardInterrupt
         except BaseException as err:
             if sigint.received or isinstance(err, KeyboardInterrupt):
                 if runner is not None:

@@ -68,6 +68,39 @@ def test_parts_all_forked_leave_this_process_waiting_and_an_interrupt_stops_them
         os.kill(child, 0)
 
 
+#: Armed by the test below: the next fork of this process gets a SIGINT in its at-fork callback.
+_SIGINT_IN_THE_NEXT_FORK = []
+
+
+def _sigint_after_fork():
+    if _SIGINT_IN_THE_NEXT_FORK:
+        _SIGINT_IN_THE_NEXT_FORK.clear()
+        signal.raise_signal(signal.SIGINT)
+
+
+os.register_at_fork(after_in_parent=_sigint_after_fork)
+
+
+def test_a_ctrl_c_during_a_fork_is_not_lost(tmp_path):
+    """A Ctrl-C whose handler runs in an at-fork callback (as it does when it arrives during the
+    fork: logging registers one) would be printed and ignored there, and the run would go on
+    (it did once in CI, in the report's figures); run_parts raises it once the fork is made, and
+    stops the part."""
+    started = tmp_path / "started"
+
+    def slow():
+        started.write_text(str(os.getpid()))
+        time.sleep(20)
+
+    _SIGINT_IN_THE_NEXT_FORK.append(True)
+    begun = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_parts([slow], here=False)
+    assert time.time() - begun < 10
+    assert not _SIGINT_IN_THE_NEXT_FORK  # the signal was sent during the fork
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+
 def test_the_error_of_a_forked_part_is_raised_here_with_its_message():
     def fails():
         raise ValueError("bold.nii.gz has NaN values")
@@ -269,3 +302,33 @@ def test_a_large_head_keeps_a_cpu_for_its_steps(tmp_path):
     assert _head_voxels(inputs) == one_mm
     inputs.native_gm = None  # no native head: the plan is made on the space's T1w
     assert _head_voxels(inputs) == two_mm
+
+
+def _swallows_a_ctrl_c():
+    """A step that catches the KeyboardInterrupt of a Ctrl-C (as Python does when it is raised
+    in an at-fork callback or a finalizer) and ends well."""
+    import os
+    import signal
+    import time
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    return 1
+
+
+def test_a_ctrl_c_swallowed_inside_a_step_still_ends_the_run(tmp_path):
+    """run_graph records every SIGINT: a run whose steps all end well after one raises
+    KeyboardInterrupt all the same (the CLI then exits 130), and leaves no crash report."""
+    from nipype import Node, Workflow
+    from nipype.interfaces.utility import Function
+
+    from tmstarget.execution import run_graph
+
+    workflow = Workflow(name="swallow_wf")
+    workflow.add_nodes([Node(Function(function=_swallows_a_ctrl_c, output_names=["out"]), name="step")])
+    with pytest.raises(KeyboardInterrupt):
+        run_graph(workflow, tmp_path / "work", nprocs=1)
+    assert not list((tmp_path / "work").glob("crash/crash-*"))

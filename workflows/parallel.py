@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -72,6 +73,42 @@ def _child(part, connection, parent):
     connection.close()
 
 
+class _InterruptHeld:
+    """Hold a Ctrl-C that arrives while a process is forked, and raise it after the fork.
+
+    Python runs a signal's handler at the next line of Python code, and during a fork that may
+    be an at-fork callback (logging's lock release, registered by every program that imports
+    logging), where the KeyboardInterrupt it raises is printed and ignored: the Ctrl-C would be
+    lost and the run would go on. Here the handler only records the signal, and the previous
+    handler is called with it once the fork is made. (Only the main thread may set handlers;
+    elsewhere nothing is held.)
+    """
+
+    def __enter__(self):
+        self.held = None
+        # None: a handler set outside Python, which cannot be put back; then nothing is held
+        self.previous = signal.getsignal(signal.SIGINT)
+        self.holding = (threading.current_thread() is threading.main_thread()
+                        and self.previous is not None)
+        if self.holding:
+            signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.held = (signum, frame)
+
+    def __exit__(self, *exc):
+        if not self.holding:
+            return False
+        signal.signal(signal.SIGINT, self.previous)
+        if self.held is not None:
+            if callable(self.previous):
+                self.previous(*self.held)  # raises KeyboardInterrupt (Python's, or the app's)
+            elif self.previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+        return False
+
+
 def run_parts(parts, here=True):
     """Call every function of ``parts`` (no arguments) at the same time; their results, in order.
 
@@ -99,13 +136,14 @@ def run_parts(parts, here=True):
         return [part() for part in parts]
     context = multiprocessing.get_context("fork")
     children = []
-    for part in parts[1:] if here else parts:
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=True)
-        process.start()
-        send.close()
-        children.append((process, receive))
     try:
+        for part in parts[1:] if here else parts:
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=True)
+            with _InterruptHeld():
+                process.start()
+                send.close()
+                children.append((process, receive))
         results = [parts[0]()] if here else []
         errors = []
         for process, receive in children:
