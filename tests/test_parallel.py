@@ -81,7 +81,16 @@ def _sigint_after_fork():
 os.register_at_fork(after_in_parent=_sigint_after_fork)
 
 
-def test_a_ctrl_c_during_a_fork_is_not_lost(tmp_path):
+@pytest.fixture
+def python_handles_ctrl_c():
+    """Python's own SIGINT handler for the test: a pytest that a script starts in the background
+    (as .ci/run starts the fresh-clone pass) inherits SIGINT ignored, and Python then sets none."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_during_a_fork_is_not_lost(tmp_path, python_handles_ctrl_c):
     """A Ctrl-C whose handler runs in an at-fork callback (as it does when it arrives during the
     fork: logging registers one) would be printed and ignored there, and the run would go on
     (it did once in CI, in the report's figures); run_parts raises it once the fork is made, and
