@@ -7,7 +7,9 @@ Exit codes: 0 success, 1 failure (bad data, processing error), 2 wrong use.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import importlib
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ from tmstarget.config import (  # noqa: E402
     CONFOUND_STRATEGIES,
     TARGET_METHODS,
     Options,
+    clean_label,
 )
 from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL  # noqa: E402
 from tmstarget.workflows.defaults import SPACES  # noqa: E402
@@ -223,8 +226,6 @@ _OPTION_FLAGS = ("task_id", "space", "confounds", "fd_threshold", "min_time", "m
 
 def resolve_options(args):
     """Options from the defaults, then ``--config-file``, then the flags given."""
-    from tmstarget.collect import clean_label
-
     if args.config_file:
         try:
             options = Options.from_file(args.config_file)
@@ -496,16 +497,6 @@ def _one_line(err):
 
 
 def _run(args, options):
-    from tmstarget.collect import (
-        InputError,
-        check_filters,
-        check_participant,
-        collect_participant,
-        find_fmriprep_dir,
-        load_layout,
-    )
-    from tmstarget.derivatives import write_dataset_description
-
     if args.analysis_level == "group":
         from tmstarget.group import run_group
 
@@ -520,27 +511,25 @@ def _run(args, options):
                            "without --participant-label to include everyone", ", ".join(dropped),
                            "is" if len(dropped) == 1 else "are", ", ".join(sorted(after)))
         return 0
-    derivatives = dict(args.derivatives or [])
-    source_dir = find_fmriprep_dir(args.bids_dir, derivatives).resolve()
-    output = Path(args.output_dir).resolve()
-    if output == source_dir or source_dir in output.parents:
-        raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
-                         "choose an output folder outside the input dataset")
-    layout = load_layout(source_dir, options.participant_label, getattr(args, "bids_database_dir", None))
-    try:
-        check_filters(layout, options.bids_filters)
-    except InputError as err:
-        raise UsageError(str(err)) from None
-    available = layout.get_subjects()
-    subjects = options.participant_label or available
-    missing = sorted(set(subjects) - set(available))
-    if missing:
-        raise InputError(f"participant(s) {', '.join(missing)} not found in {source_dir} "
-                         f"(available: {', '.join(available) or 'none'})")
-    if not subjects:
-        raise InputError(f"no participant in {source_dir}: is it an fMRIPrep output folder?")
+    collect = functools.partial(_collect_participants, args, options)
+    if args.nprocs > 1 and args.verbose < 2:
+        # pybids' index (importing pybids, indexing, the queries: 0.6-0.7 s here) and the
+        # imports of the graph's modules (Nipype, nilearn, scipy: 1.1-1.3 s) need nothing of each
+        # other: the index is made in a forked copy of this process meanwhile (the inputs come
+        # back pickled, an error is raised here), so this process never holds it. With -vv
+        # both are done here: an error's traceback does not cross processes.
+        from tmstarget.workflows.parallel import run_parts
+
+        _, (source_dir, collected) = run_parts([_import_graph_modules, collect])
+    else:
+        source_dir, collected = collect()
+    from tmstarget.collect import InputError, check_participant
+
+    for inputs in collected:
+        check_participant(inputs, options)
 
     work_dir = args.work_dir  # absolute, created and checked writable by main()
+    from tmstarget.derivatives import write_dataset_description
     from tmstarget.execution import StepFailed, configure_nipype
 
     configure_nipype(work_dir, args.verbose)
@@ -548,12 +537,6 @@ def _run(args, options):
     # written outside the output, work and temporary folders.
     os.environ.setdefault("MPLCONFIGDIR", str(work_dir / "matplotlib"))
 
-    collected = []
-    for subject in subjects:
-        inputs = collect_participant(layout, subject, options.task_id, options.space,
-                                     options.session_label, options.bids_filters)
-        check_participant(inputs, options)
-        collected.append(inputs)
     output_dir = Path(args.output_dir)
     created = prepare_output_dir(output_dir)
     start = time.time()
@@ -580,6 +563,47 @@ def _run(args, options):
         if created and not finished and output_dir.is_dir() and not any(output_dir.iterdir()):
             output_dir.rmdir()
     return 0
+
+
+def _collect_participants(args, options):
+    """The fMRIPrep folder and each selected participant's inputs, found with pybids.
+
+    Returns
+    -------
+    (pathlib.Path, list of tmstarget.collect.ParticipantInputs)
+    """
+    from tmstarget.collect import (InputError, check_filters, collect_participant, find_fmriprep_dir,
+                                   load_layout)
+
+    derivatives = dict(args.derivatives or [])
+    source_dir = find_fmriprep_dir(args.bids_dir, derivatives).resolve()
+    output = Path(args.output_dir).resolve()
+    if output == source_dir or source_dir in output.parents:
+        raise UsageError(f"output_dir {args.output_dir} is inside the fMRIPrep folder {source_dir}: "
+                         "choose an output folder outside the input dataset")
+    layout = load_layout(source_dir, options.participant_label, getattr(args, "bids_database_dir", None))
+    try:
+        check_filters(layout, options.bids_filters)
+    except InputError as err:
+        raise UsageError(str(err)) from None
+    available = layout.get_subjects()
+    subjects = options.participant_label or available
+    missing = sorted(set(subjects) - set(available))
+    if missing:
+        raise InputError(f"participant(s) {', '.join(missing)} not found in {source_dir} "
+                         f"(available: {', '.join(available) or 'none'})")
+    if not subjects:
+        raise InputError(f"no participant in {source_dir}: is it an fMRIPrep output folder?")
+
+    return source_dir, [collect_participant(layout, subject, options.task_id, options.space,
+                                            options.session_label, options.bids_filters)
+                        for subject in subjects]
+
+
+def _import_graph_modules():
+    """Import the modules that build and run the graph (the first steps would wait for them)."""
+    for module in ("tmstarget.execution", "tmstarget.participant"):
+        importlib.import_module(module)
 
 
 def _written_since(inputs, options, output_dir, since):

@@ -17,12 +17,13 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pandas as pd
-from bids import BIDSLayout
-from bids.layout import Query
 
+# the labels' check lives with the options (the command line checks them before reading anything)
+from tmstarget.config import clean_label  # noqa: F401  (tmstarget.collect.clean_label)
 from tmstarget.workflows.defaults import MNI_SPACES, SPACES  # noqa: F401  (tmstarget.collect.SPACES)
 
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
+# pybids (about 0.5 s to import) is imported by the functions that query it: the command line
+# indexes in a forked process (tmstarget.cli), and its main process only reads the results.
 
 
 class InputError(Exception):
@@ -71,16 +72,6 @@ class ParticipantInputs:
         computation: the native T1w, its grey matter and both T1w<->space transforms."""
         return bool(self.space != "T1w" and self.native_t1w and self.native_gm
                     and self.other_space == "T1w" and self.to_other_xfm and self.from_other_xfm)
-
-
-def clean_label(label, what="participant"):
-    """``sub-01`` or ``01`` -> ``01``; anything that is not a plain BIDS label is refused."""
-    # the task and the seed name become file-name entities too (task-<label>, desc-<label>)
-    prefix = {"participant": "sub-", "session": "ses-", "task": "task-", "seed name": "desc-"}[what]
-    value = label[len(prefix):] if label.startswith(prefix) else label
-    if not LABEL_PATTERN.match(value):
-        raise ValueError(f"invalid {what} label {label!r}: BIDS labels are letters and digits only")
-    return value
 
 
 def find_fmriprep_dir(bids_dir, derivatives=None):
@@ -272,6 +263,8 @@ def _one(files, what, fix):
 
 
 def _space_query(space):
+    from bids.layout import Query
+
     return Query.NONE if space == "T1w" else space
 
 
@@ -331,6 +324,8 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
     -------
     ParticipantInputs
     """
+    from bids.layout import Query
+
     filters = filters or {}
     check_filters(layout, filters)
     bold_query = dict(subject=subject, task=task, space=space, desc="preproc", suffix="bold",
@@ -364,8 +359,11 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
             confounds=_one(confounds, f"confounds table for {bold.filename}",
                            "fMRIPrep writes desc-confounds_timeseries.tsv beside every run; restore it"),
             t_r=t_r,
-            entities={k: entities[k] for k in ("session", "run", "acquisition", "reconstruction",
-                                               "direction", "echo") if k in entities},
+            # plain values (pybids' run numbers are its own int type): the inputs are unpickled
+            # in the command line's main process, which does not import pybids
+            entities={k: int(entities[k]) if isinstance(entities[k], int) else str(entities[k])
+                      for k in ("session", "run", "acquisition", "reconstruction", "direction",
+                                "echo") if k in entities},
         ))
 
     t1w_files = _anat(layout, subject, space, filters.get("t1w", {}), desc="preproc", suffix="T1w")

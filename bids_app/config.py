@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tmstarget.workflows import defaults
 from tmstarget.workflows.defaults import (  # noqa: F401  (re-exported)
     CONFOUND_STRATEGIES,
+    DEFAULT_COIL_ORIENTATION,
+    DEFAULT_DIDT_A_PER_US,
     DLPFC_RADIUS_MM,
     DLPFC_SITES_MNI,
+    EFIELD_REFERENCES,
     GROUP_OPTIMAL_MNI,
     REFERENCES,
     RELIABILITY_GRADES,
@@ -26,8 +30,20 @@ from tmstarget.workflows.defaults import (  # noqa: F401  (re-exported)
     TARGET_METHODS,
 )
 from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL
-from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US, EFIELD_REFERENCES
-from tmstarget.workflows.efield_plan import DEFAULT_COIL_ORIENTATION
+
+#: A BIDS label (participant, session, task; the seed name becomes one too): letters and digits.
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def clean_label(label, what="participant"):
+    """``sub-01`` or ``01`` -> ``01``; anything that is not a plain BIDS label is refused."""
+    # the task and the seed name become file-name entities too (task-<label>, desc-<label>)
+    prefix = {"participant": "sub-", "session": "ses-", "task": "task-", "seed name": "desc-"}[what]
+    value = label[len(prefix):] if label.startswith(prefix) else label
+    if not LABEL_PATTERN.match(value):
+        raise ValueError(f"invalid {what} label {label!r}: BIDS labels are letters and digits only")
+    return value
+
 
 #: The coil orientations of ``--coil-orientation``, described (the E-field plan, issue 14).
 COIL_ORIENTATIONS = {

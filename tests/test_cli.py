@@ -1,9 +1,13 @@
 """Wrong use and bad data: one-line errors, exit codes 2 (usage) and 1 (failure), nothing half-written."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from tmstarget import __version__, cli
-from helpers import run_app
+from helpers import cli_environment, run_app
 
 
 def _error_lines(capsys):
@@ -152,6 +156,40 @@ def test_memory_reaches_the_scheduler_in_gigabytes(one_run_dataset, tmp_path, mo
     assert run_app(root, tmp_path / "out", "--nthreads", "2", "--mem", "4000",
                    work_dir=tmp_path / "work") == 1
     assert seen == {"multiproc": True, "n_procs": 2, "raise_insufficient": False, "memory_gb": 4.0}
+
+
+#: The command line, stopped where the graph would be built: what its main process holds then.
+_UP_TO_THE_GRAPH = """
+import json, sys
+from tmstarget import cli
+
+seen = {}
+
+def stop(collected, options, output_dir, source_dir, work_dir, args):
+    seen.update(pybids_here="bids" in sys.modules, source_dir=str(source_dir),
+                runs=[[run.bold for run in inputs.runs] for inputs in collected])
+    raise RuntimeError("stopped by the test")
+
+cli.run_participants = stop
+cli.main(sys.argv[1:])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("nprocs", ["1", "2"])
+def test_with_two_cpus_the_index_is_made_beside_the_imports(one_run_dataset, tmp_path, nprocs):
+    """With a second CPU, pybids' index is made in a forked process while the main one imports
+    the graph: the main process never imports pybids (nor holds a large dataset's index while
+    the steps run), and receives the inputs collected there; with one CPU both are done here."""
+    root, _ = one_run_dataset
+    done = subprocess.run([sys.executable, "-c", _UP_TO_THE_GRAPH, str(root), str(tmp_path / "out"),
+                           "participant", "-w", str(tmp_path / "work"), "--nprocs", nprocs],
+                          capture_output=True, text=True, env=cli_environment(), timeout=300)
+    assert "stopped by the test" in done.stderr, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    bold = sorted(root.resolve().rglob("*_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"))
+    assert seen == {"pybids_here": nprocs == "1", "source_dir": str(root.resolve()),
+                    "runs": [[str(path) for path in bold]]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tmstarget.workflows.scalp import (
     ScalpProjection,
     project_to_scalp,
     scalp_mesh,
+    sorted_unique,
 )
 
 AXES = np.array([62.0, 78.0, 70.0])  # semi-axes (mm) along x (L-R), y (P-A), z (I-S)
@@ -268,6 +269,17 @@ def test_fill_holes_is_scipys(seed):
     shell[10, 10, :5] = False  # a tunnel from the cavity to the border: not a hole any more
     np.testing.assert_array_equal(fill_holes(shell), ndimage.binary_fill_holes(shell))
     assert not fill_holes(shell)[10, 10, 10]
+
+
+def test_sorted_unique_is_numpys_unique():
+    """The mesh's unique vertices and edges (sorted_unique) are np.unique's, in its order and
+    dtype: many repeats, negative values, one value, none, and a 2-D array flattened."""
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(-50, 10**9, 20_000), rng.integers(0, 30, (400, 3)),
+                   np.array([7]), np.array([], dtype=np.int64)):
+        unique = sorted_unique(values)
+        np.testing.assert_array_equal(unique, np.unique(values))
+        assert unique.dtype == np.unique(values).dtype
 
 
 @pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.9, 1.2, 2.5), (3.0, 1.0, 1.0)])

@@ -34,8 +34,8 @@ from tmstarget.workflows.comparators import ScalpLandmarks, ScalpTargets
 from tmstarget.workflows.confounds import Denoise
 from tmstarget.workflows.coil_models import DEFAULT_COIL
 from tmstarget.workflows.correlation import SeedCorrelation
-from tmstarget.workflows.efield import DEFAULT_DIDT_A_PER_US
-from tmstarget.workflows.efield_plan import DEFAULT_COIL_ORIENTATION, EfieldPlan
+from tmstarget.workflows.defaults import DEFAULT_COIL_ORIENTATION, DEFAULT_DIDT_A_PER_US
+from tmstarget.workflows.efield_plan import EfieldPlan
 from tmstarget.workflows.quality import CollectWarnings, QualityChecks
 from tmstarget.workflows.regions import Regions
 from tmstarget.workflows.reliability import TargetReliability

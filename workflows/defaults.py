@@ -175,3 +175,37 @@ RANDOM_SEED = 0
 #: Coil handle angle from the midline (degrees), handle pointing posterior-lateral: the clinical
 #: default for the left DLPFC.
 HANDLE_ANGLE_DEG = 45.0
+#: Default coil current slope: 1 A/us, SimNIBS's default dI/dt (1e6 A/s). Fields scale linearly.
+DEFAULT_DIDT_A_PER_US = 1.0
+#: The pose of the plan unless asked otherwise (``--coil-orientation``): the clinical handle angle,
+#: how coils are placed today; the field's pose is reported beside it either way.
+DEFAULT_COIL_ORIENTATION = "clinical"
+
+#: The E-field model's literature (:mod:`tmstarget.workflows.efield`; its sidecars and the README).
+EFIELD_REFERENCES = {
+    "Eaton1992": "Eaton H. Electric field induced in a spherical volume conductor from arbitrary "
+    "coils: application to magnetic stimulation and MEG. Med Biol Eng Comput. "
+    "1992;30(4):433-440. doi:10.1007/BF02446182",
+    "HellerVanHulsteyn1992": "Heller L, van Hulsteyn DB. Brain stimulation using electromagnetic "
+    "sources: theoretical aspects. Biophys J. 1992;63(1):129-138. "
+    "doi:10.1016/S0006-3495(92)81587-4",
+    "Deng2013": "Deng ZD, Lisanby SH, Peterchev AV. Electric field depth-focality tradeoff in "
+    "transcranial magnetic stimulation: simulation comparison of 50 coil designs. Brain Stimul. "
+    "2013;6(1):1-13. doi:10.1016/j.brs.2012.02.005",
+    "Thielscher2015": "Thielscher A, Antunes A, Saturnino GB. Field modeling for transcranial "
+    "magnetic stimulation: a useful tool to understand the physiological effects of TMS? Conf "
+    "Proc IEEE Eng Med Biol Soc. 2015:222-225. doi:10.1109/EMBC.2015.7318340",
+    "Thielscher2011": "Thielscher A, Opitz A, Windhoff M. Impact of the gyral geometry on the "
+    "electric field induced by transcranial magnetic stimulation. NeuroImage. "
+    "2011;54(1):234-243. doi:10.1016/j.neuroimage.2010.07.061",
+    "Gomez2020": "Gomez LJ, Dannhauer M, Koponen LM, Peterchev AV. Conditions for numerically "
+    "accurate TMS electric field simulation. Brain Stimul. 2020;13(1):157-166. "
+    "doi:10.1016/j.brs.2019.09.015",
+    "Stokes2007": "Stokes MG, Chambers CD, Gould IC, et al. Distance-adjusted motor threshold "
+    "for transcranial magnetic stimulation. Clin Neurophysiol. 2007;118(7):1617-1625. "
+    "doi:10.1016/j.clinph.2007.04.004",
+    "Nummenmaa2013": "Nummenmaa A, Stenroos M, Ilmoniemi RJ, Okada YC, Hamalainen MS, Raij T. "
+    "Comparison of spherical and realistically shaped boundary element head models for "
+    "transcranial magnetic stimulation navigation. Clin Neurophysiol. 2013;124(10):1995-2007. "
+    "doi:10.1016/j.clinph.2013.04.019",
+}

@@ -30,8 +30,6 @@ from nipype.interfaces.base import (
 from tmstarget.workflows.coil import LEFT_TO_RIGHT, POSTERIOR, coil_pose
 from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL, coil_model
 from tmstarget.workflows.efield import (
-    DEFAULT_DIDT_A_PER_US,
-    EFIELD_REFERENCES,
     MAP_LATTICE_MM,
     SPHERE_FIT_RADIUS_MM,
     efield_at_poses,
@@ -41,6 +39,7 @@ from tmstarget.workflows.efield import (
     sweep_handle_angle,
 )
 from tmstarget.workflows.comparators import POSE_COLUMNS
+from tmstarget.workflows.defaults import DEFAULT_DIDT_A_PER_US, EFIELD_REFERENCES
 from tmstarget.workflows.scalp import format_table_number, project_to_scalp
 from tmstarget.workflows.transforms import points_mapping, transform_source
 
@@ -55,9 +54,6 @@ MOTOR_ROW = "motor_hand"
 #: more below the casing (tmstarget.workflows.coil_models.figure8_dipoles); the table uses the
 #: 4 mm model.
 MAP_DIPOLE_SPACING_MM = 8.0
-#: The pose of the plan unless asked otherwise (``--coil-orientation``): the clinical handle angle,
-#: how coils are placed today; the field's pose is reported beside it either way.
-DEFAULT_COIL_ORIENTATION = "clinical"
 #: The field's pose replaces the clinical angle only if it gives more than 1 % more |E|: below
 #: that the difference is far inside the model's own error against realistic heads, and the
 #: angle closest to the clinical one within 1 % of the maximum is kept.

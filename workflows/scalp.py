@@ -67,6 +67,17 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.where(length > 0, length, 1.0)
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The sorted unique values of an integer array, as ``np.unique(values)`` gives them.
+
+    By sorting: numpy 2.3 and later find the values of a plain ``np.unique`` with a hash table,
+    which took 0.8 s for the million edges of a 1 mm head's mesh where a sort takes 0.01 s
+    (numpy 2.4, the 2-core test machine).
+    """
+    values = np.sort(np.ravel(values))
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if values.size else values
+
+
 def _largest_mesh_component(vertices: np.ndarray, faces: np.ndarray):
     """Keep the connected piece of the mesh with the most faces; renumber its vertices."""
     n = len(vertices)
@@ -77,7 +88,7 @@ def _largest_mesh_component(vertices: np.ndarray, faces: np.ndarray):
         face_label = labels[faces[:, 0]]
         keep_label = np.argmax(np.bincount(face_label))
         faces = faces[face_label == keep_label]
-    used = np.unique(faces)
+    used = sorted_unique(faces)
     renumber = np.full(n, -1, dtype=np.int64)
     renumber[used] = np.arange(len(used))
     return vertices[used], renumber[faces]

@@ -26,7 +26,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-from tmstarget.workflows.scalp import vertex_normals
+from tmstarget.workflows.scalp import sorted_unique, vertex_normals
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ class Surface:
             edges = np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]],
                                     self.faces[:, [2, 0]]])
             edges = np.sort(edges, axis=1)
-            keys = np.unique(edges[:, 0] * n + edges[:, 1])  # each undirected edge once
+            keys = sorted_unique(edges[:, 0] * n + edges[:, 1])  # each undirected edge once
             edges = np.column_stack([keys // n, keys % n])
             length = np.linalg.norm(self.vertices[edges[:, 0]] - self.vertices[edges[:, 1]], axis=1)
             graph = sparse.coo_matrix((length, (edges[:, 0], edges[:, 1])), shape=(n, n))
