@@ -6,10 +6,16 @@ once. MultiProc polls its workers every ``poll_sleep_duration`` (2 s by default:
 for the next poll, 1.8 s on average here); :class:`WakingMultiProc` wakes when a step finishes.
 MultiProc also runs a full garbage collection before every pass that may submit a step (and
 after every step run in the main process); see :func:`frozen_garbage`.
+
+The steps the graph marks ``run_without_submitting`` (the derivatives and the report: they use what
+the main process imported ahead, matplotlib) run in forked copies of the main process, so that the
+scheduler goes on while they work; Nipype would run them in its own loop, and nothing else would
+start meanwhile (a participant's report held up the next participant's last steps for 3 s).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import logging
@@ -17,15 +23,19 @@ import multiprocessing as mp
 import os
 import re
 import signal
+import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer, run_node
+
+from tmstarget.workflows.parallel import can_fork, run_parts
 
 LOGGER = logging.getLogger("tmstarget")
 
@@ -56,6 +66,10 @@ class WakingMultiProc(MultiProcPlugin):
     changed nothing, until a worker reports a finished step (or 1 s has passed, as a safeguard).
     Nipype offers no hook for this, so the wait sits at the end of ``_send_procs_to_workers``,
     which the loop calls on every pass.
+
+    A step marked ``run_without_submitting`` runs in a forked copy of this process (with the
+    modules this one holds, :class:`ImportAhead`'s included), started from a thread that waits for
+    it, and counts as one CPU while it runs: Nipype would run it in the scheduling loop itself.
     """
 
     def __init__(self, plugin_args=None):
@@ -68,6 +82,10 @@ class WakingMultiProc(MultiProcPlugin):
         self.pool = ProcessPoolExecutor(
             max_workers=self.processors, initializer=_worker_initializer, initargs=(self._cwd,),
             mp_context=mp.get_context(self.plugin_args.get("mp_context")))
+        #: the full names of the steps run in forked copies of this process; the threads that
+        #: start each and wait for it
+        self._forked_steps = set()
+        self._forking = ThreadPoolExecutor(max_workers=self.processors, thread_name_prefix="forked-step")
 
     def _async_callback(self, args):
         try:
@@ -88,6 +106,24 @@ class WakingMultiProc(MultiProcPlugin):
             after = dependents.indices[dependents.indptr[jobid]:dependents.indptr[jobid + 1]]
             if after.size:
                 self._chain_lengths[jobid] = 1 + self._chain_lengths[after].max()
+        if can_fork():  # elsewhere Nipype runs them in its loop, as it would
+            for proc in self.procs:
+                if proc.run_without_submitting:
+                    proc.run_without_submitting = False
+                    self._forked_steps.add(proc.fullname)
+
+    def _submit_job(self, node, updatehash=False):
+        if node.fullname not in self._forked_steps:
+            return super()._submit_job(node, updatehash=updatehash)
+        self._taskid += 1
+        future = self._forking.submit(_run_node_forked, node, updatehash, self._taskid)
+        future.add_done_callback(self._async_callback)
+        self._task_obj[self._taskid] = future
+        return self._taskid
+
+    def _postrun_check(self):
+        super()._postrun_check()
+        self._forking.shutdown()
 
     def _sort_jobs(self, jobids, scheduler="tsort"):
         """The ready steps in the order they get the free CPUs: widest first, then the longest
@@ -117,14 +153,28 @@ class WakingMultiProc(MultiProcPlugin):
 
     def stop_workers(self):
         """End the worker processes now (after an interrupt: their steps are redone next time)."""
-        # concurrent.futures has no public way to stop running tasks: end the processes
+        # concurrent.futures has no public way to stop running tasks: end the processes, the
+        # pool's workers and the forked steps (a part a step forked ends with it: run_parts)
         self._stopping = True
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        processes += [process for process in mp.active_children() if process not in processes]
         for process in processes:
             process.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._forking.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+            if process.is_alive():  # its stop was swallowed
+                process.kill()
+                process.join()
+
+
+def _run_node_forked(node, updatehash, taskid):
+    """Nipype's ``run_node`` in a forked copy of this process; its result as a worker's."""
+    try:
+        return run_parts([functools.partial(run_node, node, updatehash, taskid)], here=False)[0]
+    except Exception:  # noqa: BLE001  the copy died (killed, out of memory): the step failed
+        return dict(result=None, traceback=traceback.format_exception(*sys.exc_info()), taskid=taskid)
 
 
 @contextmanager

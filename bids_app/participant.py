@@ -181,9 +181,10 @@ def init_participants_wf(collected, options, output_dir, source_dir, report=True
     """One graph holding every participant of an invocation (scheduled together by MultiProc).
 
     ``cpus`` (``--nprocs``) are shared out: when there are fewer runs than CPUs, each run's
-    Denoise reads with several processes (:func:`processes_per_step`). The reports run
-    in the main process, outside the scheduler's count, mostly at the end when the CPUs are free:
-    each draws with all of them (up to the same cap).
+    Denoise reads with several processes (:func:`processes_per_step`). The derivatives and the
+    reports are marked to run from the main process, which imports the report's libraries ahead
+    (with MultiProc: in forked copies of it, each counted as one CPU while the scheduler goes on);
+    a report, mostly at the end when the CPUs are free, draws with all of them (up to the cap).
     """
     n_runs = sum(len(inputs.runs) for inputs in collected)
     denoise = processes_per_step(cpus, n_runs, max(_head_voxels(inputs) for inputs in collected))

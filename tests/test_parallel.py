@@ -132,7 +132,7 @@ def test_without_fork_the_parts_run_here_one_after_the_other(monkeypatch):
 
 def test_nprocs_is_shared_out_among_the_runs_and_participants(one_run_dataset, tmp_path):
     """One run on 4 CPUs: its Denoise reads with 4 processes, and the scheduler reserves 4; two
-    runs share them; the report (in the main process) draws with every CPU, 8 at most."""
+    runs share them; the report (run from the main process) draws with every CPU, 8 at most."""
     import dataclasses
 
     from tmstarget.collect import collect_participant, load_layout
@@ -341,3 +341,96 @@ def test_a_ctrl_c_swallowed_inside_a_step_still_ends_the_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_graph(workflow, tmp_path / "work", nprocs=1)
     assert not list((tmp_path / "work").glob("crash/crash-*"))
+
+
+def test_a_part_may_run_parts_of_its_own():
+    """A forked part forks parts of its own (the report, which the scheduler runs in a forked
+    copy of the main process, draws its figures in forked copies): each in a process of its own,
+    not one after the other in the part's."""
+    def pid():
+        return os.getpid()
+
+    def part():
+        return os.getpid(), run_parts([pid, pid])
+
+    [(part_pid, (first, second))] = run_parts([part], here=False)
+    assert part_pid != os.getpid()
+    assert first == part_pid and second not in (part_pid, os.getpid())
+
+
+def _waits_for(path, seconds):
+    """A step that waits until ``path`` exists (``seconds`` at most): whether it came, and the
+    step's process."""
+    import os
+    import time
+
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    return os.path.exists(path), os.getpid()
+
+
+def _writes(path):
+    open(path, "w").close()
+    return path
+
+
+def _passes(value):
+    return value
+
+
+def _dies():
+    import os
+
+    os._exit(3)
+
+
+def _graph_of(name, *nodes, connections=()):
+    from nipype import Workflow
+
+    workflow = Workflow(name=name)
+    workflow.add_nodes(list(nodes))
+    workflow.connect(list(connections))
+    return workflow
+
+
+def _step(function, name, outputs=("out",), **inputs):
+    from nipype import Node
+    from nipype.interfaces.utility import Function
+
+    node = Node(Function(function=function, input_names=list(inputs) or None, output_names=list(outputs)),
+                name=name, run_without_submitting=name.startswith("main_"))
+    for field, value in inputs.items():
+        setattr(node.inputs, field, value)
+    return node
+
+
+def test_a_step_of_the_main_process_does_not_hold_up_the_others(tmp_path):
+    """With --nprocs 2 a step marked run_without_submitting (the derivatives, the report) runs in
+    a forked copy of the main process while the scheduler goes on: here it waits for a file that
+    a worker's step writes, a step ready at the same moment and sorted after it (its chain is
+    shorter). Nipype would run the marked step in its scheduling loop, and the file would never
+    come (two participants: the first one's report held up the second one's last steps)."""
+    from nipype.utils.filemanip import loadpkl
+
+    from tmstarget.execution import run_graph
+
+    flag = str(tmp_path / "written")
+    waits = _step(_waits_for, "main_waits", ("seen", "pid"), path=flag, seconds=30.0)
+    after, last = _step(_passes, "after", value=None), _step(_passes, "last", value=None)
+    workflow = _graph_of("hold_wf", waits, _step(_writes, "writes", path=flag), connections=[
+        (waits, after, [("seen", "value")]), (after, last, [("out", "value")])])
+    run_graph(workflow, tmp_path / "work", nprocs=2)
+    result = loadpkl(next((tmp_path / "work").rglob("main_waits/result_main_waits.pklz")))
+    assert result.outputs.seen
+    assert result.outputs.pid != os.getpid()  # a forked copy, not this process
+
+
+def test_a_forked_step_that_dies_is_a_failed_step(tmp_path):
+    """A step of the main process's copies that dies (killed, out of memory) fails the run with a
+    message, as a worker's would, instead of leaving the scheduler waiting for it."""
+    from tmstarget.execution import StepFailed, run_graph
+
+    workflow = _graph_of("dies_wf", _step(_dies, "main_dies"))
+    with pytest.raises(StepFailed, match="worker process died"):
+        run_graph(workflow, tmp_path / "work", nprocs=2)

@@ -139,7 +139,10 @@ def run_parts(parts, here=True):
     try:
         for part in parts[1:] if here else parts:
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=True)
+            # not daemonic, so that a part may run parts of its own (the report, which the
+            # scheduler runs in a forked copy, draws its figures in forked copies); every child
+            # is joined here, and ends with this process (_end_with_parent)
+            process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=False)
             with _InterruptHeld():
                 process.start()
                 send.close()
