@@ -308,3 +308,31 @@ def test_a_zero_displacement_field_moves_no_point_up_to_its_faces(dataset):
         points = np.r_[_points_near_faces(field, 0.05, 1.0, 200, rng),
                        _points_near_faces(field, 1.0, 4.0, 200, rng)]
         assert np.array_equal(points_mapping(path)(points), np.asarray(affine_only.map(points)))
+
+
+@pytest.mark.parametrize("space", ["MNI152NLin2009cAsym", "T1w"])
+def test_each_transform_file_is_read_by_one_step(one_run_dataset, space, tmp_path):
+    """Reading fMRIPrep's 1 mm displacement field takes seconds: in the participant graph the
+    command line builds, each .h5 the participant's inputs name is read by one step (a
+    ReadTransform shared by the steps that map with it, or the one step that needs it). In a T1w
+    computation the transform to the targets' other space (MNI) is the regions' own."""
+    from collections import Counter
+
+    from tmstarget.collect import collect_participant, load_layout
+    from tmstarget.config import Options
+    from tmstarget.participant import init_participants_wf
+
+    root, _ = one_run_dataset
+    inputs = collect_participant(load_layout(root, ["01"]), "01", space=space)
+    workflow = init_participants_wf([inputs], Options(), tmp_path / "out", root, cpus=1)
+    graph = workflow._create_flat_graph()
+    inputnode = next(node for node in graph.nodes if node.fullname.endswith("connectivity_wf.inputnode"))
+    given = {field: getattr(inputnode.inputs, field) for field in
+             ("to_mni_xfm", "from_mni_xfm", "to_other_xfm", "from_other_xfm")}
+    files = {field: path for field, path in given.items() if isinstance(path, str)}
+    assert space != "T1w" or files["to_other_xfm"] == files["to_mni_xfm"]  # the face's T1w inputs
+    readers = Counter()
+    for _, step, data in graph.out_edges(inputnode, data=True):
+        for field in {source for source, _ in data["connect"] if source in files}:
+            readers[files[field]] += 1
+    assert readers and max(readers.values()) == 1, readers

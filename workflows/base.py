@@ -310,7 +310,8 @@ def init_tmstarget_wf(
     from_mni_xfm
         The reverse (with ``scalp``, for the 10-20 fiducials); not set in an MNI space.
     to_other_xfm
-        Transform mapping points of the runs' space into ``other_space``.
+        Transform mapping points of the runs' space into ``other_space``. In a T1w computation
+        whose ``other_space`` is MNI152NLin2009cAsym it is ``to_mni_xfm``, which is used.
     from_other_xfm
         The reverse (with ``native_head``: the plan is mapped back with it).
 
@@ -551,6 +552,9 @@ def init_tmstarget_wf(
     if to_mapped is not None:
         if native_head:  # read once: the scalp stage's comparators map with it too
             workflow.connect(read_once(xfm_field), "mapping_file", to_mapped, "xfm_file")
+        elif space == "T1w" and other_space == "MNI152NLin2009cAsym":
+            # the regions' transform (T1w to the seeds' template), read once for both
+            workflow.connect(read_once("to_mni_xfm"), "mapping_file", to_mapped, "xfm_file")
         else:
             workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")
     for node, output, field, mapped_output in plan_outputs:
