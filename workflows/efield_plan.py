@@ -11,8 +11,6 @@ columns, a JSON sidecar and a map of |E| on a reference grid. Physics and units:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nb
@@ -269,18 +267,6 @@ def _head_axes(measurements: dict):
     return axes
 
 
-def _write_atomically(path: Path, write) -> None:
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _table_poses(table: pd.DataFrame) -> np.ndarray | None:
     """(K, 4, 4) poses of the coil_* columns (NaN rows where n/a), or None without them."""
     if not set(POSE_COLUMNS) <= set(table.columns):
@@ -400,16 +386,18 @@ class EfieldPlan(SimpleInterface):
         out_dir = Path(runtime.cwd)
         out_file, info_file = out_dir / "efield_targets.tsv", out_dir / "efield.json"
         efield_file = out_dir / "efield_map.nii.gz"
-        _write_atomically(out_file, lambda p: table.to_csv(p, sep="\t", index=False))
+        # the step's own folder, as every step writes: Nipype records the outputs only once
+        # the step has ended, and an interrupted step is run again
+        table.to_csv(out_file, sep="\t", index=False)
         image = nb.Nifti1Image(field_map, reference.affine)
         image.set_sform(reference.affine, int(reference.header["sform_code"]))
         image.set_qform(reference.affine, int(reference.header["qform_code"]))
         image.header.set_xyzt_units("mm")
         image.header["descrip"] = b"tmstarget |E| V/m"
-        _write_atomically(efield_file, lambda p: image.to_filename(p))
+        image.to_filename(efield_file)
         info = _info(inputs, table["name"].tolist(), plan, handle_angle, offset, threshold,
                      warnings)
-        _write_atomically(info_file, lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        info_file.write_text(json.dumps(info, indent=2))
         self._results.update(out_file=str(out_file), efield_file=str(efield_file),
                              info_file=str(info_file))
         return runtime
