@@ -394,12 +394,13 @@ def _graph_of(name, *nodes, connections=()):
     return workflow
 
 
-def _step(function, name, outputs=("out",), **inputs):
+def _step(function, name, outputs=("out",), main=False, **inputs):
+    """A Function node; ``main``: marked to run from the main process (as the report is)."""
     from nipype import Node
     from nipype.interfaces.utility import Function
 
     node = Node(Function(function=function, input_names=list(inputs) or None, output_names=list(outputs)),
-                name=name, run_without_submitting=name.startswith("main_"))
+                name=name, run_without_submitting=main)
     for field, value in inputs.items():
         setattr(node.inputs, field, value)
     return node
@@ -416,7 +417,7 @@ def test_a_step_of_the_main_process_does_not_hold_up_the_others(tmp_path):
     from tmstarget.execution import run_graph
 
     flag = str(tmp_path / "written")
-    waits = _step(_waits_for, "main_waits", ("seen", "pid"), path=flag, seconds=30.0)
+    waits = _step(_waits_for, "main_waits", ("seen", "pid"), main=True, path=flag, seconds=30.0)
     after, last = _step(_passes, "after", value=None), _step(_passes, "last", value=None)
     workflow = _graph_of("hold_wf", waits, _step(_writes, "writes", path=flag), connections=[
         (waits, after, [("seen", "value")]), (after, last, [("out", "value")])])
@@ -431,6 +432,6 @@ def test_a_forked_step_that_dies_is_a_failed_step(tmp_path):
     message, as a worker's would, instead of leaving the scheduler waiting for it."""
     from tmstarget.execution import StepFailed, run_graph
 
-    workflow = _graph_of("dies_wf", _step(_dies, "main_dies"))
+    workflow = _graph_of("dies_wf", _step(_dies, "main_dies", main=True))
     with pytest.raises(StepFailed, match="worker process died"):
         run_graph(workflow, tmp_path / "work", nprocs=2)

@@ -332,7 +332,7 @@ def test_each_transform_file_is_read_by_one_step(one_run_dataset, space, tmp_pat
     files = {field: path for field, path in given.items() if isinstance(path, str)}
     assert space != "T1w" or files["to_other_xfm"] == files["to_mni_xfm"]  # the face's T1w inputs
     readers = Counter()
-    for _, step, data in graph.out_edges(inputnode, data=True):
+    for _, _, data in graph.out_edges(inputnode, data=True):
         for field in {source for source, _ in data["connect"] if source in files}:
             readers[files[field]] += 1
     assert readers and max(readers.values()) == 1, readers
