@@ -433,5 +433,8 @@ def test_a_forked_step_that_dies_is_a_failed_step(tmp_path):
     from tmstarget.execution import StepFailed, run_graph
 
     workflow = _graph_of("dies_wf", _step(_dies, "main_dies", main=True))
-    with pytest.raises(StepFailed, match="worker process died"):
+    # where the command line has Nipype write its crash reports (configure_nipype)
+    workflow.config["execution"] = {"crashdump_dir": str(tmp_path / "work" / "crash"),
+                                    "crashfile_format": "txt"}
+    with pytest.raises(StepFailed, match=r"a worker process died \(exit code 3\)"):
         run_graph(workflow, tmp_path / "work", nprocs=2)
