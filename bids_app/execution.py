@@ -153,11 +153,11 @@ class WakingMultiProc(MultiProcPlugin):
 
     def stop_workers(self):
         """End the worker processes now (after an interrupt: their steps are redone next time)."""
-        # concurrent.futures has no public way to stop running tasks: end the processes, the
-        # pool's workers and the forked steps (a part a step forked ends with it: run_parts)
+        # concurrent.futures has no public way to stop running tasks: end this process's
+        # children, the pool's workers and the forked steps (a part a step forked ends with it:
+        # run_parts)
         self._stopping = True
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        processes += [process for process in mp.active_children() if process not in processes]
+        processes = mp.active_children()
         for process in processes:
             process.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
