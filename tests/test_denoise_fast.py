@@ -215,6 +215,31 @@ def test_cleaning_matrix_is_nilearn_clean_of_the_identity_and_linear():
     np.testing.assert_allclose(matrix.sum(axis=1), 0, atol=1e-9)
 
 
+@pytest.mark.parametrize("detrend", [True, False])
+def test_cleaning_by_blocks_of_voxels_is_one_product_in_the_series_memory(monkeypatch, detrend):
+    """Cleaning block by block gives the bits of one whole product, in the series' own memory."""
+    rng = np.random.default_rng(5)
+    n, n_voxels = 150, 5003  # not a multiple of the block
+    keep = np.setdiff1d(np.arange(2, n), [60, 61, 62, 100])  # interior censoring: fewer rows out
+    matrix = cleaning_matrix(n, rng.normal(size=(n, 4)), keep, 2.0)
+    if not detrend:  # a matrix that keeps a constant baseline: its response is added back
+        matrix = matrix + 0.01
+    series = (800 + 40 * rng.normal(size=(n, n_voxels)).cumsum(axis=0)).astype(np.float32)
+
+    monkeypatch.setattr(confounds, "CLEANING_BLOCK_VALUES", len(keep) * n_voxels)  # one product
+    whole = confounds.apply_cleaning(matrix, series.copy())
+    monkeypatch.setattr(confounds, "CLEANING_BLOCK_VALUES", len(keep) * 1000)  # 1000 voxels
+    overwritten = series.copy()
+    blocked = confounds.apply_cleaning(matrix, overwritten)
+
+    assert blocked.shape == (len(keep), n_voxels) and blocked.flags.c_contiguous
+    assert np.shares_memory(blocked, overwritten)  # no second (volumes x voxels) array
+    np.testing.assert_array_equal(blocked, whole)
+    np.testing.assert_allclose(blocked.std(axis=0, ddof=1), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        confounds.apply_cleaning(matrix, np.asfortranarray(series))
+
+
 def test_denoise_node_equals_the_plain_nilearn_pipeline(one_run_dataset, tmp_path):
     """The node's cleaned array is nilearn's apply_mask + signal.clean, and the carpet matches it."""
     root, _ = one_run_dataset

@@ -73,7 +73,7 @@ WARNING_SOURCES = [
     ("efield_plan", "info_file"),
 ]
 
-#: Peak memory (GB) of one Denoise run when the caller gives no estimate: measured 0.8 GB for a
+#: Peak memory (GB) of one Denoise run when the caller gives no estimate: measured 0.5 GB for a
 #: 2 mm run of 300 volumes (:func:`tmstarget.workflows.confounds.denoise_mem_gb` computes it from
 #: the headers; the graph itself never reads an image while it is built).
 DENOISE_MEM_GB = 1.0
