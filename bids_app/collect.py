@@ -20,7 +20,7 @@ import pandas as pd
 
 # the labels' check lives with the options (the command line checks them before reading anything)
 from tmstarget.config import clean_label  # noqa: F401  (tmstarget.collect.clean_label)
-from tmstarget.workflows.defaults import MNI_SPACES, SPACES  # noqa: F401  (tmstarget.collect.SPACES)
+from tmstarget.workflows.defaults import MNI_SPACES, REGIONS_SPACE, SPACES  # noqa: F401  (tmstarget.collect.SPACES)
 
 # pybids (about 0.5 s to import) is imported by the functions that query it: the command line
 # indexes in a forked process (tmstarget.cli), and its main process only reads the results.
@@ -391,14 +391,14 @@ def collect_participant(layout, subject, task="rest", space="MNI152NLin2009cAsym
         return sorted(files, key=lambda f: ("session" in f.entities, f.path))
 
     if space == "T1w":
-        # The seed and search region are defined in MNI152NLin2009cAsym: the transforms are needed.
-        fix = ("run fMRIPrep with --output-spaces MNI152NLin2009cAsym so it writes the T1w<->MNI "
+        # The seed and search region are placed in REGIONS_SPACE: the transforms are needed.
+        fix = (f"run fMRIPrep with --output-spaces {REGIONS_SPACE} so it writes the T1w<->MNI "
                "transforms")
-        inputs.to_mni_xfm = _one(xfm("MNI152NLin2009cAsym", "T1w"),
-                                 f"transform from MNI152NLin2009cAsym to T1w for sub-{subject}", fix)
-        inputs.from_mni_xfm = _one(xfm("T1w", "MNI152NLin2009cAsym"),
-                                   f"transform from T1w to MNI152NLin2009cAsym for sub-{subject}", fix)
-        inputs.other_space, inputs.to_other_xfm = "MNI152NLin2009cAsym", inputs.to_mni_xfm
+        inputs.to_mni_xfm = _one(xfm(REGIONS_SPACE, "T1w"),
+                                 f"transform from {REGIONS_SPACE} to T1w for sub-{subject}", fix)
+        inputs.from_mni_xfm = _one(xfm("T1w", REGIONS_SPACE),
+                                   f"transform from T1w to {REGIONS_SPACE} for sub-{subject}", fix)
+        inputs.other_space, inputs.to_other_xfm = REGIONS_SPACE, inputs.to_mni_xfm
         inputs.from_other_xfm = inputs.from_mni_xfm
     else:
         # Optional: without them, targets are reported in the computation space only (no T1w

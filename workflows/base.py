@@ -552,8 +552,8 @@ def init_tmstarget_wf(
     if to_mapped is not None:
         if native_head:  # read once: the scalp stage's comparators map with it too
             workflow.connect(read_once(xfm_field), "mapping_file", to_mapped, "xfm_file")
-        elif space == "T1w" and other_space == "MNI152NLin2009cAsym":
-            # the regions' transform (T1w to the seeds' template), read once for both
+        elif space == "T1w" and other_space == defaults.REGIONS_SPACE:
+            # the regions' transform (T1w to their template), read once for both
             workflow.connect(read_once("to_mni_xfm"), "mapping_file", to_mapped, "xfm_file")
         else:
             workflow.connect(inputnode, xfm_field, to_mapped, "xfm_file")

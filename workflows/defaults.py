@@ -163,6 +163,9 @@ SEED_NAME = "sgACC"
 #: are used as they are in both; they differ by a few mm at most) and the participant's T1w.
 MNI_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
 SPACES = MNI_SPACES + ("T1w",)
+#: The template the seed and search regions are placed in: a T1w computation maps them with
+#: fMRIPrep's transforms between the T1w and this template.
+REGIONS_SPACE = "MNI152NLin2009cAsym"
 #: Target selection (a key of TARGET_METHODS) and its share of the most negative voxels (%).
 TARGET_METHOD = "cluster"
 CLUSTER_PERCENTILE = 10.0
