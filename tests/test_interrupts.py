@@ -8,6 +8,7 @@ to the app alone: both are tried.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -59,17 +60,15 @@ def assert_nothing_half_written(out):
             nb.load(path).get_fdata()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("nprocs", ["1", "2"])
-@pytest.mark.parametrize("moment", ["denoise", "report", "denoise, kill -INT to the app alone"])
-def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path, nprocs, moment):
-    if moment.endswith("alone") and nprocs == "1":
-        pytest.skip("the app alone is the whole process group with --nprocs 1: the case above")
-    root, _ = one_run_dataset
-    reference, _, _ = mni_run
-    out, work = tmp_path / "out", tmp_path / "work"
-    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
-    targets = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.json"
+def _finished_hash_files(node_dir):
+    """Nipype's hash file of a finished step (a failed or stopped step may leave a result file,
+    and a running one has the unfinished-hash marker)."""
+    return [p for p in node_dir.glob("_0x*.json") if "unfinished" not in p.name]
+
+
+def _interrupt(root, out, work, nprocs, moment, denoise):
+    """Start the app and send it SIGINT at ``moment``; the process and when the signal was sent
+    (epoch s)."""
     process = subprocess.Popen(cli_command(root, out, work, "--nprocs", nprocs), env=cli_environment(),
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -81,11 +80,39 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
         running = _wait_for(lambda: (out / "sub-01" / "log" / "config.json").is_file(), process)
         time.sleep(0.3)
     assert running, "the run ended before it could be interrupted"
+    sent_at = time.time()
     if moment.endswith("alone"):
         os.kill(process.pid, signal.SIGINT)
     else:
         os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    return process, sent_at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nprocs", ["1", "2"])
+@pytest.mark.parametrize("moment", ["denoise", "report", "denoise, kill -INT to the app alone"])
+def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path, nprocs, moment):
+    if moment.endswith("alone") and nprocs == "1":
+        pytest.skip("the app alone is the whole process group with --nprocs 1: the case above")
+    root, _ = one_run_dataset
+    reference, _, _ = mni_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
+    targets = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.json"
+    for attempt in range(3):
+        process, sent_at = _interrupt(root, out, work, nprocs, moment, denoise)
+        stdout, stderr = process.communicate(timeout=120)
+        # On a loaded machine the step may end between the test seeing it begin and the signal
+        # (Denoise takes 0.6 s on this dataset): that run was not interrupted during the step,
+        # so the scenario is played again. A step that ends after the signal still fails below.
+        # (Nipype saves a step's result file as the step ends, then renames its marker)
+        if not (moment.startswith("denoise") and _finished_hash_files(denoise)
+                and (denoise / "result_denoise.pklz").stat().st_mtime < sent_at):
+            break
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        pytest.fail("Denoise ended before each of three interrupts reached it")
 
     assert process.returncode == 130, stderr
     said = [line for line in stderr.splitlines() if "interrupted" in line]
@@ -97,7 +124,7 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
     if moment.startswith("denoise"):
         # not finished: Nipype's hash file of a finished step is missing (a failed or stopped
         # step may leave a result file)
-        assert not [p for p in denoise.glob("_0x*.json") if "unfinished" not in p.name]
+        assert not _finished_hash_files(denoise)
         assert not targets.exists()
     else:
         assert targets.exists() and not (out / "sub-01.html").exists()
