@@ -140,6 +140,36 @@ def test_figures_are_the_same_files_whichever_process_draws_them(mni_run, one_ru
     assert drawn[1] == drawn[3]
 
 
+def test_a_process_drawing_a_long_figure_leaves_the_others_to_the_other_process(tmp_path):
+    """Figures are taken one at a time by whichever process is free, not dealt out beforehand:
+    the first figure waits until every other one is drawn, which only another process can do (a
+    process dealt the first figure and one more would wait for itself, and the test would fail)."""
+    import os
+    import time
+
+    from tmstarget.reports.figures import draw_all
+    from tmstarget.workflows.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("figures are drawn in forked processes on Linux only")
+    others = [tmp_path / f"figure{index}.txt" for index in range(1, 6)]
+
+    def draw_long():
+        deadline = time.time() + 60
+        while not all(path.is_file() for path in others) and time.time() < deadline:
+            time.sleep(0.01)
+        (tmp_path / "figure0.txt").write_text(f"{os.getpid()} {all(p.is_file() for p in others)}")
+
+    def draw(path):
+        return lambda: path.write_text(str(os.getpid()))
+
+    draw_all([draw_long, *(draw(path) for path in others)], processes=2)
+    long_pid, others_were_drawn = (tmp_path / "figure0.txt").read_text().split()
+    assert others_were_drawn == "True"
+    pids = {path.read_text() for path in others}
+    assert len(pids) == 1 and long_pid not in pids and str(os.getpid()) not in pids | {long_pid}
+
+
 def test_report_without_head_t1w(mni_run, tmp_path):
     """Without the scalp mesh the report draws no head and says why."""
     from tmstarget.reports import write_participant_report
