@@ -91,7 +91,7 @@ def _head_voxels(inputs):
 
 
 def init_participant_wf(inputs, options, output_dir, source_dir, name=None, report=True,
-                        denoise_processes=1, report_processes=1):
+                        denoise_processes=1, efield_processes=1, report_processes=1):
     """The science workflow of one participant, with its derivatives and report.
 
     Parameters
@@ -105,9 +105,9 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
     name : str, optional
     report : bool
         Append the :class:`tmstarget.reports.ParticipantReport` node (``sub-<label>.html``).
-    denoise_processes, report_processes : int
-        Processes each run's Denoise and the report work with (their outputs are the same for
-        any number).
+    denoise_processes, efield_processes, report_processes : int
+        Processes each run's Denoise, the E-field map and the report work with (their outputs
+        are the same for any number).
     """
     workflow = pe.Workflow(name=name or participant_wf_name(inputs.subject))
     other_space = inputs.other_space if inputs.to_other_xfm else None
@@ -117,7 +117,8 @@ def init_participant_wf(inputs, options, output_dir, source_dir, name=None, repo
         other_space=other_space,
         # the face reads the headers (the graph never does): the scheduler's memory estimate
         denoise_mem_gb=[denoise_mem_gb(run.bold, run.mask) for run in inputs.runs],
-        denoise_processes=denoise_processes, name=SCIENCE_WF_NAME, **science_parameters(options))
+        denoise_processes=denoise_processes, efield_processes=efield_processes,
+        name=SCIENCE_WF_NAME, **science_parameters(options))
     given = dict(bold_files=[run.bold for run in inputs.runs], mask_files=[run.mask for run in inputs.runs],
                  t_rs=[run.t_r for run in inputs.runs], gm_file=inputs.gm, t1w_file=inputs.t1w,
                  to_mni_xfm=inputs.to_mni_xfm, from_mni_xfm=inputs.from_mni_xfm,
@@ -184,13 +185,15 @@ def init_participants_wf(collected, options, output_dir, source_dir, report=True
     Denoise reads with several processes (:func:`processes_per_step`). The derivatives and the
     reports are marked to run from the main process, which imports the report's libraries ahead
     (with MultiProc: in forked copies of it, each counted as one CPU while the scheduler goes on);
-    a report, mostly at the end when the CPUs are free, draws with all of them (up to the cap).
+    a report, mostly at the end when the CPUs are free, draws with all of them (up to the cap);
+    each participant's E-field map, near the end too, with its share of them.
     """
     n_runs = sum(len(inputs.runs) for inputs in collected)
     denoise = processes_per_step(cpus, n_runs, max(_head_voxels(inputs) for inputs in collected))
     workflow = pe.Workflow(name=PARTICIPANTS_WF_NAME)
     workflow.add_nodes([init_participant_wf(inputs, options, output_dir, source_dir, report=report,
                                             denoise_processes=denoise,
+                                            efield_processes=processes_per_step(cpus, len(collected)),
                                             report_processes=processes_per_step(cpus, 1))
                         for inputs in collected])
     return workflow

@@ -183,6 +183,25 @@ def test_field_is_linear_in_didt(model):
     assert np.linalg.norm(one[0]) > 0.5  # ~1.5 V/m per A/us at 1.5 cm depth under the coil
 
 
+def test_field_shared_among_processes_is_the_same_bits(model):
+    """The chunks of points computed by forked processes (written into memory they share) give
+    each point the field one process gives it: a chunk computed twice, or left unwritten, or
+    written to the wrong rows, would differ."""
+    rng = np.random.default_rng(4)
+    centre = np.array([2.0, -5.0, 1.0])
+    direction = rng.normal(size=(1001, 3))
+    points = centre + direction / np.linalg.norm(direction, axis=1, keepdims=True) \
+        * rng.uniform(5, 75, size=(1001, 1))
+    pose = coil_pose(centre + [-30, 40, 70], [-30, 40, 70], 45.0)
+    sources = model.in_world(pose)
+    pairs = 37 * len(sources[0])  # chunks of 37 points: 28 chunks, the last one short
+    one = sphere_efield(points, *sources, centre, chunk_pairs=pairs)
+    for processes in (2, 3):
+        shared = sphere_efield(points, *sources, centre, chunk_pairs=pairs, processes=processes)
+        assert np.array_equal(shared, one), processes
+    assert (np.linalg.norm(one, axis=1) > 0).all()  # every point has a field
+
+
 def test_rotating_the_coil_180_degrees_keeps_the_magnitude(model):
     centre = np.zeros(3)
     points = np.array([[0, 0, 70.0], [15, 8, 62.0], [-22, 5, 58.0], [4, -30, 55.0]])

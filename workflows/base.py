@@ -200,6 +200,7 @@ def init_tmstarget_wf(
     motor_threshold=None,
     denoise_mem_gb=None,
     denoise_processes=1,
+    efield_processes=1,
     name="tmstarget_wf",
 ):
     """Connectivity-guided left-DLPFC TMS target of one participant from fMRIPrep outputs.
@@ -286,6 +287,10 @@ def init_tmstarget_wf(
         Peak memory of each run's Denoise (GB) for the scheduler; None: :data:`DENOISE_MEM_GB`.
     denoise_processes : int
         Processes each run's Denoise reads and smooths its BOLD with (see :func:`init_run_wf`).
+    efield_processes : int
+        Processes the E-field map is computed with (the same map for any number). The scheduler
+        counts the step as one CPU: the map is its last second, when the participant's other
+        steps have mostly ended and a CPU would wait idle.
     name : str
 
     Inputs
@@ -488,6 +493,7 @@ def init_tmstarget_wf(
                               name="scalp_targets")
         # The field of each pose on the plan's head; the map on the BOLD grid of the runs.
         efield = pe.Node(EfieldPlan(coil=coil, orientation=coil_orientation, didt_a_per_us=didt,
+                                    processes=efield_processes,
                                     handle_angle_deg=handle_angle, **(
                                         {"motor_threshold_pct_mso": motor_threshold}
                                         if motor_threshold else {})), name="efield_plan")

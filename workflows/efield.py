@@ -18,12 +18,15 @@ independent of conductivity and of the sphere's radius, and depends only on its 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.optimize import least_squares
 
 from tmstarget.workflows.coil import LEFT_TO_RIGHT, POSTERIOR, coil_pose
 from tmstarget.workflows.coil_models import MU0_OVER_4PI, CoilModel
 from tmstarget.workflows.defaults import DEFAULT_DIDT_A_PER_US
+from tmstarget.workflows.parallel import run_parts, shared_array
 
 #: Radius (mm) of the scalp patch around the coil centre the local sphere is fitted to: about
 #: the extent of a figure-of-eight's field on the cortex (half-value region ~ 4 x 6 cm).
@@ -80,7 +83,7 @@ def _sphere_kernel(r, r0, m):
 
 def sphere_efield(points_mm, dipole_positions_mm, dipole_moments_m2, centre_mm,
                   didt_a_per_us: float = DEFAULT_DIDT_A_PER_US, *,
-                  chunk_pairs: int = CHUNK_PAIRS) -> np.ndarray:
+                  chunk_pairs: int = CHUNK_PAIRS, processes: int = 1) -> np.ndarray:
     """Total E-field (V/m) inside a spherically symmetric conductor from outside magnetic dipoles.
 
     Parameters
@@ -97,6 +100,10 @@ def sphere_efield(points_mm, dipole_positions_mm, dipole_moments_m2, centre_mm,
         Rate of change of the coil current, A/us.
     chunk_pairs : int
         Point-dipole pairs evaluated at once (bounds memory: ~100 bytes a pair).
+    processes : int
+        Processes the chunks of points are shared out among (forked copies of this one,
+        :func:`tmstarget.workflows.parallel.run_parts`); each point's field is the same bits
+        whichever process computes it.
 
     Returns
     -------
@@ -109,11 +116,18 @@ def sphere_efield(points_mm, dipole_positions_mm, dipole_moments_m2, centre_mm,
     moments = np.asarray(dipole_moments_m2, dtype=float)
     r = ((points - centre) * 1e-3).T[:, :, None]  # (3, P, 1)
     r0, moments = r0.T[:, None, :].copy(), moments.T[:, None, :].copy()  # (3, 1, D)
-    field = np.empty((len(points), 3))
     step = max(1, chunk_pairs // max(r0.shape[-1], 1))
-    for start in range(0, len(points), step):
-        rows = slice(start, start + step)
-        field[rows] = _sphere_kernel(r[:, rows], r0, moments).T
+    starts = range(0, len(points), step)
+    processes = max(1, min(int(processes), len(starts)))
+    # written by every process: memory they share when there are several
+    field = shared_array((len(points), 3), float) if processes > 1 else np.empty((len(points), 3))
+
+    def compute(chunk_starts):
+        for start in chunk_starts:
+            rows = slice(start, start + step)
+            field[rows] = _sphere_kernel(r[:, rows], r0, moments).T
+
+    run_parts([functools.partial(compute, starts[part::processes]) for part in range(processes)])
     return -MU0_OVER_4PI * didt_a_per_us * 1e6 * field
 
 
@@ -383,7 +397,8 @@ _CELL_CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0,
 def efield_map_interpolated(shape, affine, model: CoilModel, pose, centre_mm, *, mask=None,
                             max_distance_mm: float | None = None,
                             didt_a_per_us: float = DEFAULT_DIDT_A_PER_US,
-                            stride: int | None = None, to_field_space=None) -> np.ndarray:
+                            stride: int | None = None, to_field_space=None,
+                            processes: int = 1) -> np.ndarray:
     """|E| (V/m) on a voxel grid, float32, 0 where not computed: the field evaluated on a coarser
     lattice of the grid and interpolated onto the voxels.
 
@@ -412,6 +427,9 @@ def efield_map_interpolated(shape, affine, model: CoilModel, pose, centre_mm, *,
         :func:`tmstarget.workflows.transforms.map_points` with a transform); default: the grid
         is in that space. Called once, on the lattice nodes; a voxel's position in the field's
         space is interpolated like its field.
+    processes : int
+        Processes the nodes' field is computed with (:func:`sphere_efield`); the same map for
+        any number.
 
     Returns
     -------
@@ -454,7 +472,7 @@ def efield_map_interpolated(shape, affine, model: CoilModel, pose, centre_mm, *,
     node_field = np.zeros((len(node_ijk), 3))
     positions, moments = model.in_world(pose)
     node_field[computed] = sphere_efield(node_points[computed], positions, moments, centre_mm,
-                                         didt_a_per_us)
+                                         didt_a_per_us, processes=processes)
 
     # Trilinear weights of the eight corners, in the order of _CELL_CORNERS.
     weights = np.prod(np.where(_CELL_CORNERS[None], fraction[:, None, :],

@@ -240,6 +240,8 @@ class _EfieldPlanInputSpec(BaseInterfaceInputSpec):
                                        "coil only; default the whole mask (|E| is still ~20 % "
                                        "of its maximum 80 mm from the coil centre, under the "
                                        "wings: a cut there would show)")
+    processes = traits.Int(1, usedefault=True, nohash=True,
+                           desc="processes the map's field is computed with (the same map for any number)")
 
 
 class _EfieldPlanOutputSpec(TraitedSpec):
@@ -381,7 +383,7 @@ class EfieldPlan(SimpleInterface):
                 max_distance_mm=(inputs.map_max_distance_mm
                                  if isdefined(inputs.map_max_distance_mm) else None),
                 didt_a_per_us=inputs.didt_a_per_us,
-                to_field_space=to_plan)
+                to_field_space=to_plan, processes=inputs.processes)
 
         out_dir = Path(runtime.cwd)
         out_file, info_file = out_dir / "efield_targets.tsv", out_dir / "efield.json"
