@@ -63,7 +63,8 @@ class WakingMultiProc(MultiProcPlugin):
 
     Nipype's scheduling loop sleeps until ``poll_sleep_duration`` has passed since the loop began
     (set to 0 by :func:`configure_nipype`); here the loop instead waits, after a pass that
-    changed nothing, until a worker reports a finished step (or 1 s has passed, as a safeguard).
+    changed nothing, until a worker reports a finished step (or 1 s has passed, as a safeguard),
+    unless every step is done.
     Nipype offers no hook for this, so the wait sits at the end of ``_send_procs_to_workers``,
     which the loop calls on every pass.
 
@@ -147,7 +148,12 @@ class WakingMultiProc(MultiProcPlugin):
     def _send_procs_to_workers(self, updatehash=False, graph=None):
         before = self.proc_done.copy(), self.proc_pending.copy()
         super()._send_procs_to_workers(updatehash=updatehash, graph=graph)
-        if np.array_equal(before[0], self.proc_done) and np.array_equal(before[1], self.proc_pending):
+        unchanged = (np.array_equal(before[0], self.proc_done)
+                     and np.array_equal(before[1], self.proc_pending))
+        # Once every step is done, no worker will report again: the loop ends at its next test
+        # (waiting here cost every run its last second).
+        all_done = self.proc_done.all() and not self.proc_pending.any()
+        if unchanged and not all_done:
             self._finished.wait(timeout=1.0)
         self._finished.clear()
 

@@ -379,6 +379,13 @@ def _passes(value):
     return value
 
 
+def _sleeps(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
 def _dies():
     import os
 
@@ -438,3 +445,32 @@ def test_a_forked_step_that_dies_is_a_failed_step(tmp_path):
                                     "crashfile_format": "txt"}
     with pytest.raises(StepFailed, match=r"a worker process died \(exit code 3\)"):
         run_graph(workflow, tmp_path / "work", nprocs=2)
+
+
+def test_the_scheduler_waits_for_its_workers_but_not_once_every_step_is_done(tmp_path, monkeypatch):
+    """After a scheduling pass that changed nothing the loop waits for a worker to report a
+    finished step; after the last step no worker is left to report, and that wait would last its
+    whole safeguard second at the end of every run."""
+    from tmstarget import execution
+
+    waits = []  # for each wait of the loop: whether every step was done then
+
+    class Recorded(execution.WakingMultiProc):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wait = self._finished.wait
+
+            def recorded(timeout=None):
+                waits.append(bool(self.proc_done.all() and not self.proc_pending.any()))
+                return wait(timeout)
+
+            self._finished.wait = recorded
+
+    monkeypatch.setattr(execution, "WakingMultiProc", Recorded)
+    first = _step(_sleeps, "first", seconds=0.3)
+    second = _step(_sleeps, "second", seconds=None)
+    workflow = _graph_of("waits_wf", first, second, connections=[(first, second, [("out", "seconds")])])
+    workflow.config["execution"] = {"poll_sleep_duration": "0"}  # as the command line sets it
+    execution.run_graph(workflow, tmp_path / "work", nprocs=2)
+    assert waits, "the loop never waited for a running step"
+    assert not any(waits), "the loop waited after the last step had ended"
