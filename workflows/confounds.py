@@ -591,9 +591,12 @@ def apply_cleaning(matrix, timeseries):
     timeseries -= means
     # One product per block of voxels, written back into the columns it has just read: the run
     # holds one (volumes x voxels) array instead of two (280 MB fewer at 300 volumes of 236 000
-    # voxels). BLAS computes each value from its row and column alone, so the values are the
-    # bits of one whole product (tested); the last block takes the rest, so that no product is
-    # of a few voxels only.
+    # voxels). Each value is computed from its row and column alone, and equals one whole
+    # product's to float32 rounding (tested), not always to the bit: on some CPUs OpenBLAS
+    # computes the last columns of a product with other kernels (its Haswell kernels: up to
+    # the last 300 columns, rounded differently). The blocks are the same whatever --nprocs, so
+    # a machine gives the same bytes every time. The last block takes the rest, so that no
+    # product is of a few voxels only.
     matrix32 = matrix.astype(np.float32)
     cleaned = timeseries[:n_retained]
     n_voxels = timeseries.shape[1]
