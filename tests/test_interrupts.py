@@ -67,8 +67,7 @@ def _finished_hash_files(node_dir):
 
 
 def _interrupt(root, out, work, nprocs, moment, denoise):
-    """Start the app and send it SIGINT at ``moment``; the process and when the signal was sent
-    (epoch s)."""
+    """Start the app and send it SIGINT at ``moment``; the process."""
     process = subprocess.Popen(cli_command(root, out, work, "--nprocs", nprocs), env=cli_environment(),
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -80,12 +79,11 @@ def _interrupt(root, out, work, nprocs, moment, denoise):
         running = _wait_for(lambda: (out / "sub-01" / "log" / "config.json").is_file(), process)
         time.sleep(0.3)
     assert running, "the run ended before it could be interrupted"
-    sent_at = time.time()
     if moment.endswith("alone"):
         os.kill(process.pid, signal.SIGINT)
     else:
         os.killpg(process.pid, signal.SIGINT)
-    return process, sent_at
+    return process
 
 
 @pytest.mark.slow
@@ -99,20 +97,21 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
     out, work = tmp_path / "out", tmp_path / "work"
     denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
     targets = out / "sub-01" / "tms" / f"sub-01_space-{SPACE}_targets.json"
-    for attempt in range(3):
-        process, sent_at = _interrupt(root, out, work, nprocs, moment, denoise)
+    for _ in range(3):
+        process = _interrupt(root, out, work, nprocs, moment, denoise)
         stdout, stderr = process.communicate(timeout=120)
-        # On a loaded machine the step may end between the test seeing it begin and the signal
-        # (Denoise takes 0.6 s on this dataset): that run was not interrupted during the step,
-        # so the scenario is played again. A step that ends after the signal still fails below.
-        # (Nipype saves a step's result file as the step ends, then renames its marker)
-        if not (moment.startswith("denoise") and _finished_hash_files(denoise)
-                and (denoise / "result_denoise.pklz").stat().st_mtime < sent_at):
+        # On a loaded machine the step may end before the interrupt stops it (Denoise takes
+        # 0.6 s on this dataset): between the test seeing it begin and the signal, or between
+        # the signal and the main process stopping the workers. That run did not stop a running
+        # step (its finished steps are rightly kept), so the scenario is played again; a build
+        # whose interrupt does not stop a running step fails after the third.
+        # (Nipype writes a step's hash file once the step has ended)
+        if not (moment.startswith("denoise") and _finished_hash_files(denoise)):
             break
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     else:
-        pytest.fail("Denoise ended before each of three interrupts reached it")
+        pytest.fail("Denoise ended before each of three interrupts could stop it")
 
     assert process.returncode == 130, stderr
     said = [line for line in stderr.splitlines() if "interrupted" in line]
@@ -120,11 +119,8 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
     time.sleep(0.5)
     assert not _group_alive(process.pid), "a worker outlived the interrupted run"
-    # interrupted where it was meant to be
+    # interrupted where it was meant to be (Denoise was stopped: the loop above)
     if moment.startswith("denoise"):
-        # not finished: Nipype's hash file of a finished step is missing (a failed or stopped
-        # step may leave a result file)
-        assert not _finished_hash_files(denoise)
         assert not targets.exists()
     else:
         assert targets.exists() and not (out / "sub-01.html").exists()
