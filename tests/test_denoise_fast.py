@@ -219,10 +219,11 @@ def test_cleaning_matrix_is_nilearn_clean_of_the_identity_and_linear():
 def test_cleaning_by_blocks_of_voxels_is_one_product_in_the_series_memory(monkeypatch, detrend):
     """Cleaning block by block gives one whole product's values, in the series' own memory.
 
-    To float32 rounding, not to the bit: on some CPUs OpenBLAS rounds a product's last few
-    hundred columns differently (its Haswell kernels: 40 of the last 184 columns of each block
-    of 1000 here, by up to 5.4e-6). A block placed on the wrong columns, or a block left out,
-    is off by the order of the values (z-scores).
+    To float32 rounding, not to the bit: on some CPUs OpenBLAS rounds part of a product's
+    columns differently depending on the product's width (its Haswell kernels: 88 to 112 of
+    each block's 1000 columns here, by up to 5.4e-6). A block placed on the wrong columns, or a
+    block left out, is off by the order of the values (z-scores: 6.6 for a block shifted by
+    one voxel).
     """
     rng = np.random.default_rng(5)
     n, n_voxels = 150, 5003  # not a multiple of the block
