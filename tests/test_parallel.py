@@ -68,17 +68,19 @@ def test_parts_all_forked_leave_this_process_waiting_and_an_interrupt_stops_them
         os.kill(child, 0)
 
 
-#: Armed by the test below: the next fork of this process gets a SIGINT in its at-fork callback.
-_SIGINT_IN_THE_NEXT_FORK = []
+#: Armed by the tests below: the next fork of this process gets a signal in an at-fork callback
+#: of the parent ("parent": after the fork) or of the forked child ("child": before its part).
+_SIGNAL_IN_THE_NEXT_FORK = {"parent": [], "child": []}
 
 
-def _sigint_after_fork():
-    if _SIGINT_IN_THE_NEXT_FORK:
-        _SIGINT_IN_THE_NEXT_FORK.clear()
-        signal.raise_signal(signal.SIGINT)
+def _signal_after_fork(side):
+    armed = _SIGNAL_IN_THE_NEXT_FORK[side]
+    if armed:
+        signal.raise_signal(armed.pop())
 
 
-os.register_at_fork(after_in_parent=_sigint_after_fork)
+os.register_at_fork(after_in_parent=lambda: _signal_after_fork("parent"),
+                    after_in_child=lambda: _signal_after_fork("child"))
 
 
 @pytest.fixture
@@ -90,24 +92,58 @@ def python_handles_ctrl_c():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_a_ctrl_c_during_a_fork_is_not_lost(tmp_path, python_handles_ctrl_c):
-    """A Ctrl-C whose handler runs in an at-fork callback (as it does when it arrives during the
-    fork: logging registers one) would be printed and ignored there, and the run would go on
-    (it did once in CI, in the report's figures); run_parts raises it once the fork is made, and
-    stops the part."""
+@pytest.fixture
+def stopped_as_a_part_is():
+    """SIGTERM handled as in a forked part (whose parts may fork parts of their own: the report's
+    figures), by raising SystemExit."""
+    previous = signal.signal(signal.SIGTERM, parallel._stop)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_ctrl_c_or_a_stop_during_a_fork_is_not_lost(tmp_path, python_handles_ctrl_c, stopped_as_a_part_is,
+                                                      signum, raised):
+    """A Ctrl-C or a stop whose handler runs in an at-fork callback (as it does when it arrives
+    during the fork: logging registers one) would be printed and ignored there, and the run
+    would go on (both happened in CI, in the report's figures); run_parts raises it once the fork
+    is made, and stops the part."""
     started = tmp_path / "started"
 
     def slow():
         started.write_text(str(os.getpid()))
         time.sleep(20)
 
-    _SIGINT_IN_THE_NEXT_FORK.append(True)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _SIGNAL_IN_THE_NEXT_FORK["parent"].append(signum)
     begun = time.time()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(raised):
         run_parts([slow], here=False)
     assert time.time() - begun < 10
-    assert not _SIGINT_IN_THE_NEXT_FORK  # the signal was sent during the fork
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    assert not _SIGNAL_IN_THE_NEXT_FORK["parent"]  # the signal was sent during the fork
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
+    if started.is_file():  # the part had begun: it was stopped, not left sleeping
+        for _ in range(100):
+            try:
+                os.kill(int(started.read_text()), 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the part outlived the interrupted run_parts")
+
+
+def test_a_part_stopped_while_it_is_forked_does_not_run(tmp_path, stopped_as_a_part_is):
+    """A stop that reaches the forked child before its part begins (its at-fork callbacks) ends
+    it there: the part never runs, and the parent hears of a part that died."""
+    ran = tmp_path / "ran"
+    _SIGNAL_IN_THE_NEXT_FORK["child"].append(signal.SIGTERM)
+    try:
+        with pytest.raises(RuntimeError, match=r"died \(exit code 143\)"):
+            run_parts([lambda: ran.write_text("yes")], here=False)
+    finally:
+        _SIGNAL_IN_THE_NEXT_FORK["child"].clear()  # this process's copy is still armed
+    assert not ran.exists()
 
 
 def test_the_error_of_a_forked_part_is_raised_here_with_its_message():

@@ -59,6 +59,8 @@ def _child(part, connection, parent):
     # Ctrl-C reaches the whole process group: the parent stops the parts and reports it once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
+    # a stop sent while this process was forked has waited for the handler (see _SignalsHeld)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SignalsHeld.SIGNALS)
     _end_with_parent(parent)
     try:
         result = (True, part())
@@ -73,39 +75,48 @@ def _child(part, connection, parent):
     connection.close()
 
 
-class _InterruptHeld:
-    """Hold a Ctrl-C that arrives while a process is forked, and raise it after the fork.
+class _SignalsHeld:
+    """Hold a Ctrl-C or a stop (SIGINT, SIGTERM) that arrives while a process is forked, and act
+    on it once the fork is made, in the parent and in the child.
 
-    Python runs a signal's handler at the next line of Python code, and during a fork that may
-    be an at-fork callback (logging's lock release, registered by every program that imports
-    logging), where the KeyboardInterrupt it raises is printed and ignored: the Ctrl-C would be
-    lost and the run would go on. Here the handler only records the signal, and the previous
-    handler is called with it once the fork is made. (Only the main thread may set handlers;
-    elsewhere nothing is held.)
+    - **The parent.** Python runs a signal's handler at the next line of Python code, and during
+      a fork that may be an at-fork callback (logging's lock release, registered by every program
+      that imports logging), where the exception the handler raises is printed and ignored: the
+      signal would be lost and the step would go on. (It happened in CI twice: a Ctrl-C, and
+      the stop of a report that was forking its figures' processes, whose :func:`_stop` raised
+      SystemExit.) Here a handler written in Python is replaced by one that only records the
+      signal, and the previous one is called with it after the fork. (Only in the main thread,
+      the only one that may set handlers and the one that runs them; a default or ignored
+      signal runs no Python code.)
+    - **The child.** CPython drops the signals that reach a new child before its interpreter is
+      ready for them, so a stop sent at once to a part just forked was lost (the parent then
+      waited ten seconds to kill it). Both signals are blocked in the forking thread while it
+      forks; the child inherits that, and a signal sent to it waits until :func:`_child` has set
+      its handlers and unblocks them.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __enter__(self):
-        self.held = None
-        # None: a handler set outside Python, which cannot be put back; then nothing is held
-        self.previous = signal.getsignal(signal.SIGINT)
-        self.holding = (threading.current_thread() is threading.main_thread()
-                        and self.previous is not None)
-        if self.holding:
-            signal.signal(signal.SIGINT, self._hold)
+        self.previous, self.held = {}, []
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self.previous[signum] = handler
+                    signal.signal(signum, self._hold)
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         return self
 
     def _hold(self, signum, frame):
-        self.held = (signum, frame)
+        self.held.append((signum, frame))
 
     def __exit__(self, *exc):
-        if not self.holding:
-            return False
-        signal.signal(signal.SIGINT, self.previous)
-        if self.held is not None:
-            if callable(self.previous):
-                self.previous(*self.held)  # raises KeyboardInterrupt (Python's, or the app's)
-            elif self.previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)  # runs the handlers of those held back
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in self.held:
+            self.previous[signum](signum, frame)  # raises (KeyboardInterrupt, SystemExit)
         return False
 
 
@@ -143,7 +154,7 @@ def run_parts(parts, here=True):
             # scheduler runs in a forked copy, draws its figures in forked copies); every child
             # is joined here, and ends with this process (_end_with_parent)
             process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=False)
-            with _InterruptHeld():
+            with _SignalsHeld():
                 process.start()
                 send.close()
                 children.append((process, receive))
