@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from tmstarget.config import (  # noqa: E402
     Options,
     clean_label,
 )
+from tmstarget.interrupts import InterruptFlag, Interrupted  # noqa: E402
 from tmstarget.workflows.coil_models import COIL_GEOMETRIES, DEFAULT_COIL  # noqa: E402
 from tmstarget.workflows.defaults import SPACES  # noqa: E402
 
@@ -406,7 +408,7 @@ def run_participants(collected, options, output_dir, source_dir, work_dir, args)
     """Build one graph of every collected participant and run it (see :mod:`tmstarget.execution`).
 
     Returns the time the run began; raises :class:`tmstarget.execution.StepFailed` or
-    KeyboardInterrupt.
+    :class:`tmstarget.interrupts.Interrupted`.
     """
     from tmstarget.execution import ImportAhead, run_graph
     from tmstarget.participant import init_participants_wf
@@ -445,6 +447,12 @@ def run_labels(inputs, task):
 
 
 def main(argv=None):
+    # Ctrl-C and a stop (kill, docker stop, SLURM) end the run alike, from the first line on
+    with InterruptFlag():
+        return _main(argv)
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our messages at INFO; other libraries' only when they warn.
@@ -472,10 +480,12 @@ def main(argv=None):
         return status
     except UsageError as err:
         parser.error(str(err))  # exits with 2
-    except KeyboardInterrupt:
-        print("tmstarget: interrupted: finished steps are kept in the work dir; run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        err = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+        by = "" if err.signum == signal.SIGINT else f" by {err.signum.name}"
+        print(f"tmstarget: interrupted{by}: finished steps are kept in the work dir; run the same "
+              "command again to resume", file=sys.stderr)
+        return err.exit_code
     except Exception as err:  # one line for the user; the traceback with -vv
         if args.verbose >= 2:
             raise

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer, run_node
 
-from tmstarget.workflows.parallel import can_fork, run_parts
+from tmstarget.interrupts import InterruptFlag, Interrupted
+from tmstarget.workflows.parallel import can_fork, end_with_parent, run_parts
 
 LOGGER = logging.getLogger("tmstarget")
 
@@ -80,9 +81,13 @@ class WakingMultiProc(MultiProcPlugin):
         # The same pool, with workers that ignore SIGINT: a Ctrl-C reaches the whole process
         # group, and the main process alone decides what an interrupt does (stop_workers).
         self.pool.shutdown(wait=False)
+        context = mp.get_context(self.plugin_args.get("mp_context"))
+        # the process whose end ends a worker: this one, or the server that starts the workers
+        # (forkserver, Python 3.14's default), which ends with this one
+        parent = os.getpid() if context.get_start_method() == "fork" else None
         self.pool = ProcessPoolExecutor(
-            max_workers=self.processors, initializer=_worker_initializer, initargs=(self._cwd,),
-            mp_context=mp.get_context(self.plugin_args.get("mp_context")))
+            max_workers=self.processors, initializer=_worker_initializer,
+            initargs=(self._cwd, parent), mp_context=context)
         #: the full names of the steps run in forked copies of this process; the threads that
         #: start each and wait for it
         self._forked_steps = set()
@@ -269,10 +274,14 @@ class ImportAhead:
 os.register_at_fork(before=ImportAhead.wait)
 
 
-def _worker_initializer(cwd):
-    """Nipype's set-up of a MultiProc worker, and SIGINT ignored (see WakingMultiProc)."""
+def _worker_initializer(cwd, parent):
+    """Nipype's set-up of a MultiProc worker: SIGINT ignored (see WakingMultiProc), SIGTERM
+    ends it (stop_workers), and so does the end of the main process ``parent``, however it ends
+    (killed, it could not stop its workers, which ran on, orphaned); None: the worker's parent."""
     process_initializer(cwd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    end_with_parent(os.getppid() if parent is None else parent)
 
 
 def _subject_of(name):
@@ -298,7 +307,7 @@ class NodeProgress:
         #: (``run-1`` stays ``run-1``; the graph numbers runs 01, 02, ...)
         self.run_labels = run_labels or {}
         self.started = {}
-        #: whether SIGINT arrived: a step it stopped did not fail
+        #: whether SIGINT or SIGTERM arrived: a step it stopped did not fail
         self.interrupted = interrupted
 
     @staticmethod
@@ -363,27 +372,6 @@ def crash_message(crash_dir, since):
             message.split(": ", 1)[1] if ": " in message else message)
 
 
-class _SigintFlag:
-    """While active, records that SIGINT arrived, then interrupts as Python does.
-
-    Nipype turns a KeyboardInterrupt raised inside a step into that step's failure (its interfaces
-    catch every exception), so without the record a Ctrl-C would look like a data error.
-    """
-
-    def __enter__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        self.received = True
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
 def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None, import_ahead=None):
     """Run ``workflow`` in ``work_dir``; return the time it began.
 
@@ -392,10 +380,10 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None, import
 
     Raises
     ------
-    KeyboardInterrupt
-        On SIGINT at any moment; finished steps stay in the work dir (a re-run resumes), the
-        workers are stopped, and the interrupted steps' crash reports are removed (they are not
-        errors).
+    tmstarget.interrupts.Interrupted
+        On SIGINT or SIGTERM at any moment; finished steps stay in the work dir (a re-run
+        resumes), the workers are stopped, and the interrupted steps' crash reports are removed
+        (they are not errors).
     StepFailed
         When a step fails: the last line of its crash report, and the participant.
     """
@@ -403,9 +391,9 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None, import
     crash_dir = Path(work_dir) / "crash"
     start = time.time()
     runner = None
-    with _SigintFlag() as sigint:
+    with InterruptFlag() as interrupt:
         plugin_args = {"status_callback": NodeProgress(
-            interrupted=lambda: sigint.received, run_labels=run_labels,
+            interrupted=lambda: interrupt.received, run_labels=run_labels,
             also=import_ahead if nprocs > 1 else None)}
         if nprocs > 1:
             plugin_args.update(n_procs=nprocs, raise_insufficient=False)
@@ -418,18 +406,18 @@ def run_graph(workflow, work_dir, nprocs=1, mem_gb=None, run_labels=None, import
                     workflow.run(plugin=runner)
             else:
                 workflow.run(plugin="Linear", plugin_args=plugin_args)
-            if sigint.received:
-                # a Ctrl-C whose KeyboardInterrupt was swallowed on its way (Python ignores one
+            if interrupt.received:
+                # an interrupt whose exception was swallowed on its way (Python ignores one
                 # raised in an at-fork callback or a finalizer) still ends the run as one
-                raise KeyboardInterrupt
+                raise Interrupted(interrupt.signum)
         except BaseException as err:
-            if sigint.received or isinstance(err, KeyboardInterrupt):
+            if interrupt.received or isinstance(err, KeyboardInterrupt):
                 if runner is not None:
                     runner.stop_workers()
                 for report in crash_dir.glob("crash-*.txt"):
                     if report.stat().st_mtime >= start:
                         report.unlink(missing_ok=True)
-                raise KeyboardInterrupt from None
+                raise Interrupted(interrupt.signum or signal.SIGINT) from None
             if isinstance(err, RuntimeError):
                 found = crash_message(crash_dir, start)
                 subject, message = found if found else (None, str(err))

@@ -35,7 +35,7 @@ chmod 755 "$WORK"
 cleanup() {
     local status=$?
     if [[ -n ${OWN_DAEMON:-} ]]; then
-        "$DOCKER" rm -f tmstarget-ci-synth tmstarget-ci-run >/dev/null 2>&1 || true
+        "$DOCKER" rm -f tmstarget-ci-synth tmstarget-ci-run tmstarget-ci-stop >/dev/null 2>&1 || true
         stop_pidfile "$WORK/dockerd.pid"
         ((status == 0)) || tail -20 "$WORK/dockerd.log" 2>/dev/null || true
     fi
@@ -257,4 +257,27 @@ assert reliability["Grade"] in ("high", "moderate", "low"), reliability
 print(f"  reliability {reliability['Grade']}: {reliability['GradeReason']}")
 print("  outputs complete (report included); planted target recovered in both spaces")
 EOF
+# --- docker stop: SIGTERM to the app, the container's first process ------------------------------
+# It stops as Ctrl-C stops it (exit 143, one line, nothing half-written); without a handler a first
+# process ignores SIGTERM, and docker would kill it once the timeout (here 30 s) is over (exit 137).
+mkdir -p "$data/out-stop" "$data/work-stop"
+chown -R "$RUN_USER" "$data/out-stop" "$data/work-stop"
+"$DOCKER" run -d --name tmstarget-ci-stop "${as_cluster[@]}" \
+    -v "$data/fmriprep:/data:ro" -v "$data/out-stop:/out" -v "$data/work-stop:/work" \
+    "$IMAGE" /data /out participant -w /work --nprocs 2 --omp-nthreads 1 >/dev/null
+for _ in $(seq 600); do  # until Denoise runs (its unfinished-hash marker), at most 60 s
+    [[ -n $(find "$data/work-stop" -path '*denoise*' -name '_0x*_unfinished.json' 2>/dev/null) ]] && break
+    sleep 0.1
+done
+t=$SECONDS
+"$DOCKER" stop -t 30 tmstarget-ci-stop >/dev/null
+stopped_in=$((SECONDS - t))
+code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' tmstarget-ci-stop)
+said=$("$DOCKER" logs tmstarget-ci-stop 2>&1 | grep -c "^tmstarget: interrupted by SIGTERM: " || true)
+[[ $code == 143 && $said == 1 ]] \
+    || fail "docker stop: exit $code after $stopped_in s, $said 'interrupted by SIGTERM' line(s), expected 143 and 1"
+leftovers=$(find "$data/out-stop" -name '.*' ! -name .bidsignore)
+[[ -z $leftovers ]] || fail "docker stop left temporary files: $leftovers"
+log "docker stop: exit 143 after $stopped_in s, one line, nothing half-written"
+
 log "PASSED: $IMAGE ($(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}')) built and run read-only as uid ${RUN_USER%%:*} without network"

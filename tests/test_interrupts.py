@@ -1,9 +1,11 @@
-"""Ctrl-C at any moment (issue 17): exit 130, one line saying so, nothing half-written, and the
-re-run with the same work dir resumes to the outputs of an uninterrupted run, byte for byte.
+"""Ctrl-C or a stop at any moment (issue 17): exit 130 (SIGINT) or 143 (SIGTERM), one line
+saying so, no process left, nothing half-written, and the re-run with the same work dir resumes
+to the outputs of an uninterrupted run, byte for byte.
 
 The app runs as a user starts it (a subprocess in its own session); Ctrl-C in a terminal sends
 SIGINT to the whole foreground process group (the app and its MultiProc workers), ``kill -INT``
-to the app alone: both are tried.
+to the app alone: both are tried. ``kill``, ``docker stop`` and SLURM send SIGTERM to the app
+alone; a SIGKILL gives it no chance to stop its workers, which must end with it all the same.
 """
 
 import json
@@ -66,8 +68,12 @@ def _finished_hash_files(node_dir):
     return [p for p in node_dir.glob("_0x*.json") if "unfinished" not in p.name]
 
 
+def _signal_of(moment):
+    return signal.SIGTERM if "-TERM" in moment else signal.SIGKILL if "-KILL" in moment else signal.SIGINT
+
+
 def _interrupt(root, out, work, nprocs, moment, denoise):
-    """Start the app and send it SIGINT at ``moment``; the process."""
+    """Start the app and send it SIGINT (or the signal ``moment`` names) at ``moment``; the process."""
     process = subprocess.Popen(cli_command(root, out, work, "--nprocs", nprocs), env=cli_environment(),
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -80,7 +86,7 @@ def _interrupt(root, out, work, nprocs, moment, denoise):
         time.sleep(0.3)
     assert running, "the run ended before it could be interrupted"
     if moment.endswith("alone"):
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, _signal_of(moment))
     else:
         os.killpg(process.pid, signal.SIGINT)
     return process
@@ -88,9 +94,11 @@ def _interrupt(root, out, work, nprocs, moment, denoise):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nprocs", ["1", "2"])
-@pytest.mark.parametrize("moment", ["denoise", "report", "denoise, kill -INT to the app alone"])
-def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path, nprocs, moment):
-    if moment.endswith("alone") and nprocs == "1":
+@pytest.mark.parametrize("moment", ["denoise", "report", "denoise, kill -INT to the app alone",
+                                    "denoise, kill -TERM to the app alone"])
+def test_interrupt_exits_128_plus_the_signal_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path, nprocs,
+                                                                  moment):
+    if "-INT" in moment and nprocs == "1":
         pytest.skip("the app alone is the whole process group with --nprocs 1: the case above")
     root, _ = one_run_dataset
     reference, _, _ = mni_run
@@ -113,9 +121,10 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
     else:
         pytest.fail("Denoise ended before each of three interrupts could stop it")
 
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + _signal_of(moment), stderr
     said = [line for line in stderr.splitlines() if "interrupted" in line]
-    assert len(said) == 1 and said[0].startswith("tmstarget: interrupted"), stderr
+    by = " by SIGTERM" if _signal_of(moment) == signal.SIGTERM else ""
+    assert len(said) == 1 and said[0].startswith(f"tmstarget: interrupted{by}: "), stderr
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
     time.sleep(0.5)
     assert not _group_alive(process.pid), "a worker outlived the interrupted run"
@@ -129,4 +138,26 @@ def test_interrupt_exits_130_and_the_rerun_resumes(one_run_dataset, mni_run, tmp
     assert not list(work.glob("crash/crash-*"))
 
     assert run_app(root, out, "--nprocs", nprocs, work_dir=work) == 0
+    assert_same_outputs(out, reference)
+
+
+def test_a_killed_app_leaves_no_worker_and_the_rerun_resumes(one_run_dataset, mni_run, tmp_path):
+    """SIGKILL to the app alone while Denoise runs in a MultiProc worker: the app cannot stop its
+    workers, and Linux ends them with it (they ran on, orphaned, before); the re-run resumes."""
+    root, _ = one_run_dataset
+    reference, _, _ = mni_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    denoise = participant_work_dir(work, "01") / "run_01_wf" / "denoise"
+    process = _interrupt(root, out, work, "2", "denoise, kill -KILL to the app alone", denoise)
+    process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    for _ in range(100):  # the workers end at once; their adoption may take a moment (_group_alive)
+        if not _group_alive(process.pid):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("a worker outlived the killed app")
+    assert_nothing_half_written(out)
+
+    assert run_app(root, out, "--nprocs", "2", work_dir=work) == 0
     assert_same_outputs(out, reference)

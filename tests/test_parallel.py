@@ -122,10 +122,11 @@ def test_a_ctrl_c_or_a_stop_during_a_fork_is_not_lost(tmp_path, python_handles_c
     assert time.time() - begun < 10
     assert not _SIGNAL_IN_THE_NEXT_FORK["parent"]  # the signal was sent during the fork
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
-    if started.is_file():  # the part had begun: it was stopped, not left sleeping
+    part = started.read_text() if started.is_file() else ""  # empty: stopped as it wrote it
+    if part:  # the part had begun: it was stopped, not left sleeping
         for _ in range(100):
             try:
-                os.kill(int(started.read_text()), 0)
+                os.kill(int(part), 0)
             except ProcessLookupError:
                 break
             time.sleep(0.05)

@@ -39,8 +39,9 @@ def shared_array(shape, dtype):
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
-def _end_with_parent(parent):
-    """Have Linux end this process when its parent ends (a step's process stopped after Ctrl-C)."""
+def end_with_parent(parent):
+    """Have Linux end this process (SIGTERM) when its parent ``parent`` ends: stopped after an
+    interrupt, or killed."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (AttributeError, OSError):  # not Linux: the part ends when it is done
@@ -61,7 +62,7 @@ def _child(part, connection, parent):
     signal.signal(signal.SIGTERM, _stop)
     # a stop sent while this process was forked has waited for the handler (see _SignalsHeld)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SignalsHeld.SIGNALS)
-    _end_with_parent(parent)
+    end_with_parent(parent)
     try:
         result = (True, part())
     except SystemExit:  # stopped: nobody waits for a result
@@ -152,7 +153,7 @@ def run_parts(parts, here=True):
             receive, send = context.Pipe(duplex=False)
             # not daemonic, so that a part may run parts of its own (the report, which the
             # scheduler runs in a forked copy, draws its figures in forked copies); every child
-            # is joined here, and ends with this process (_end_with_parent)
+            # is joined here, and ends with this process (end_with_parent)
             process = context.Process(target=_child, args=(part, send, os.getpid()), daemon=False)
             with _SignalsHeld():
                 process.start()
