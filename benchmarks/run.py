@@ -1,6 +1,6 @@
 """Benchmark of issue 13: the participant level against the read floor, a large dataset, --nprocs.
 
-Run from the repository root (not part of the test suite; about 8 minutes on 2 quiet cores, the
+Run from the repository root (not part of the test suite; 4-8 minutes on 2 quiet cores, the
 synthetic data made once and kept in ``--data-dir``)::
 
     python -u benchmarks/run.py                 # the table of the README
@@ -173,6 +173,33 @@ def stage_times(work_dir):
     return stages, first
 
 
+def longest_chain(work_dir):
+    """The longest chain of steps of a run, each waiting for the one before (Nipype's
+    ``input_source`` of each step's ``_node.pklz``), by the steps' durations: no number of CPUs
+    runs the graph in less. Returns (seconds, [(step name, seconds), ...]) in run order."""
+    from nipype.utils.filemanip import loadpkl
+
+    duration, parents = {}, {}
+    for node_file in Path(work_dir).rglob("_node.pklz"):
+        folder = node_file.parent
+        results = list(folder.glob("result_*.pklz"))
+        runtime = loadpkl(results[0]).runtime if results else None
+        duration[folder] = getattr(runtime, "duration", None) or 0.0
+        parents[folder] = {Path(source[0]).parent
+                           for source in getattr(loadpkl(node_file), "input_source", {}).values()}
+    chains = {}
+
+    def chain(folder):  # the longest chain that ends with this step: (seconds, folders)
+        if folder not in chains:
+            seconds, before = max((chain(p) for p in parents[folder] if p in duration),
+                                  default=(0.0, []), key=lambda c: c[0])
+            chains[folder] = (seconds + duration[folder], [*before, folder])
+        return chains[folder]
+
+    seconds, folders = max((chain(folder) for folder in duration), key=lambda c: c[0], default=(0.0, []))
+    return seconds, [(folder.name, duration[folder]) for folder in folders]
+
+
 def target_error(output_dir, truth):
     import pandas as pd
 
@@ -265,8 +292,13 @@ def main(argv=None):
         f"{name.strip()} {seconds:.2f}" for name, seconds in
         sorted(stages.items(), key=lambda kv: (kv[0].strip().split(".")[0], kv[0])) if seconds >= 0.05))
     # the steps overlap (--nprocs): the start-up is until the first one began
-    print(f"start-up (imports, pybids, checks, the graph) until the first step: "
-          f"{first_step - default['launched']:.2f} s")
+    start_up = first_step - default["launched"]
+    print(f"start-up (imports, pybids, checks, the graph) until the first step: {start_up:.2f} s")
+    # What more CPUs could not shorten: the start-up, then the steps that wait for each other.
+    chain_s, chain = longest_chain(default["work"])
+    print(f"longest chain of steps: {chain_s:.2f} s; with the start-up {start_up + chain_s:.2f} s, "
+          f"{(start_up + chain_s) / floor['wall']:.2f}x the floor: " + ", ".join(
+              f"{name} {seconds:.2f}" for name, seconds in chain if seconds >= 0.05))
     summary.update(floor=floor, default=default, no_report=no_report, bold_mb=bold_mb)
 
     # 2. the indexing tax of a large dataset

@@ -74,7 +74,7 @@ def processes_per_step(cpus, n_steps, head_voxels=0):
     head's steps when a head has more than :data:`LARGE_HEAD_VOXELS` voxels and the steps would
     otherwise take every CPU.
 
-    On 2 CPUs (farm-bench, 3 pairs each, 2 mm BOLD of 300 volumes): with a 1 mm head, Denoise on
+    On 2 CPUs (3 paired runs each, 2 mm BOLD of 300 volumes): with a 1 mm head, Denoise on
     one process with the head's steps beside it took 0.91x and 0.95x the wall time of Denoise on
     both and the head's steps after it; with a 2 mm head, 1.09x (so a small head keeps them all).
     """

@@ -291,6 +291,78 @@ def test_a_transform_read_once_maps_as_nitransforms(nonlinear, direction, tmp_pa
     assert np.array_equal(read_once(off_field), np.asarray(chain.map(off_field)))
 
 
+def _nitransforms_reading(path):
+    """Each transform of ``path`` as nitransforms reads it (``ITKCompositeH5``), in the order
+    ITK applies them: ('affine', RAS matrix) or ('field', grid affine, spline coefficients of
+    its RAS displacements, computed from nitransforms' image as SplineField computes them)."""
+    from nitransforms.io.itk import ITKCompositeH5, ITKLinearTransform
+    from scipy.ndimage import spline_filter
+
+    parts = []
+    for part in ITKCompositeH5.from_filename(str(path)):
+        if isinstance(part, ITKLinearTransform):
+            parts.insert(0, ("affine", part.to_ras()))
+            continue
+        displacements = np.asanyarray(part.dataobj)
+        coefficients = np.stack([spline_filter(displacements[..., axis], order=3, mode="constant")
+                                 for axis in range(3)])
+        parts.insert(0, ("field", part.affine, coefficients))
+    return parts
+
+
+def _oblique_composite(path, spelling="Transform"):
+    """An ITK composite as antsRegistration writes one, with what the generator never makes: an
+    oblique, anisotropic field grid (the direction cosines of a rotation, some axes reversed), a
+    float64 field of rough random vectors, two affines around it, and ``spelling`` for ITK's
+    dataset names (old ITK wrote ``Tranform``)."""
+    rng = np.random.default_rng(4)
+    shape = np.array([9, 11, 7])
+    c, s = np.cos(np.deg2rad(23.0)), np.sin(np.deg2rad(23.0))
+    rotation = (np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])      # about z, then x
+                @ np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) @ np.diag([1.0, -1.0, -1.0]))
+    vlen = h5py.string_dtype("ascii")
+    with h5py.File(path, "w") as f:
+        group = f.create_group("TransformGroup")
+        group.create_group("0").create_dataset("TransformType", data=[b"CompositeTransform_double_3_3"],
+                                               dtype=vlen)
+        for name, kind in zip("123", ("affine", "field", "affine")):
+            sub = group.create_group(name)
+            if kind == "affine":
+                sub.create_dataset("TransformType", data=[b"AffineTransform_double_3_3"], dtype=vlen)
+                matrix = np.eye(3) + rng.uniform(-0.1, 0.1, (3, 3))
+                sub.create_dataset(f"{spelling}Parameters", data=np.r_[matrix.ravel(), rng.uniform(-9, 9, 3)])
+                sub.create_dataset(f"{spelling}FixedParameters", data=rng.uniform(-5, 5, 3))
+                continue
+            sub.create_dataset("TransformType", data=[b"DisplacementFieldTransform_double_3_3"], dtype=vlen)
+            sub.create_dataset(f"{spelling}FixedParameters", data=np.r_[
+                shape.astype(float), rng.uniform(-90, 90, 3), [2.0, 2.5, 3.0], rotation.ravel()])
+            sub.create_dataset(f"{spelling}Parameters", data=rng.normal(0.0, 2.0, 3 * shape.prod()))
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["Transform", "Tranform"])
+def test_the_transforms_are_read_as_nitransforms_reads_them_to_the_bit(nonlinear, tmp_path, spelling):
+    """read_transform takes the displacement fields from the .h5 itself (nitransforms' reader
+    spends most of its time on a sign flip and a copy): each transform must be the one
+    nitransforms reads, in the same order, its grid's affine and spline coefficients equal to
+    the bit. On the generator's files and on an oblique grid of rough float64 vectors between
+    two affines (a sign, axis or order mistake changes every coefficient)."""
+    from tmstarget.workflows.transforms import SplineField, read_transform
+
+    files = [*nonlinear.values(), _oblique_composite(tmp_path / "oblique_xfm.h5", spelling)]
+    for path in files:
+        expected, read = _nitransforms_reading(path), read_transform(path)
+        assert [kind for kind, *_ in expected] == [
+            "field" if isinstance(t, SplineField) else "affine" for t in read]
+        for (kind, *want), transform in zip(expected, read):
+            if kind == "affine":
+                assert np.array_equal(transform.matrix, want[0])
+            else:
+                assert np.array_equal(transform.affine, want[0])
+                assert transform.coefficients.shape == want[1].shape
+                assert np.array_equal(transform.coefficients, want[1])
+
+
 @pytest.mark.filterwarnings("ignore:Reference space not set")
 def test_a_zero_displacement_field_moves_no_point_up_to_its_faces(dataset):
     """The generator's similarity transforms hold a zero displacement field (a padded grid, as

@@ -192,8 +192,9 @@ def head_mask(
 
     # Work in the bounding box, with room for the closing, to keep 1 mm heads fast.
     margin = np.ceil(closing_mm / zooms).astype(int) + 2
-    voxels = np.argwhere(mask)
-    first, last = voxels.min(axis=0), voxels.max(axis=0)
+    # the first and last voxel of the mask along each axis (np.argwhere would list its millions)
+    extents = [np.flatnonzero(mask.any(axis=tuple({0, 1, 2} - {axis}))) for axis in range(3)]
+    first, last = np.array([e[0] for e in extents]), np.array([e[-1] for e in extents])
     lo = np.maximum(first - margin, 0)
     hi = np.minimum(last + margin + 1, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))

@@ -233,12 +233,16 @@ def _section_loops(surface: Surface, origin, normal):
     d = (vertices - np.asarray(origin, dtype=float)) @ normal
     d[d == 0] = 1e-12  # a vertex exactly on the plane counts as above it
     above = d > 0
-    edges = np.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=1)  # (M, 3, 2)
-    crossing = above[edges[..., 0]] != above[edges[..., 1]]
-    cut = crossing.sum(axis=1) == 2
+    # A plane crosses none or two of a face's edges (0-1, 1-2, 2-0): a face is cut when its
+    # first two edges are not both uncrossed. Edges are listed for the cut faces only.
+    side = above[faces]
+    crossing = side != side[:, [1, 2, 0]]
+    cut = crossing[:, 0] | crossing[:, 1]
     if not cut.any():
         return []
-    cut_edges = edges[cut][crossing[cut]].reshape(-1, 2, 2)  # two crossing edges per cut face
+    cut_faces = faces[cut]
+    edges = np.stack([cut_faces[:, [0, 1]], cut_faces[:, [1, 2]], cut_faces[:, [2, 0]]], axis=1)
+    cut_edges = edges[crossing[cut]].reshape(-1, 2, 2)  # two crossing edges per cut face
     pairs = np.sort(cut_edges.reshape(-1, 2), axis=1)
     n_vertices = len(vertices)
     keys, inverse = np.unique(pairs[:, 0] * n_vertices + pairs[:, 1], return_inverse=True)
