@@ -15,7 +15,7 @@ may be shared: wall times are noisy, the ratios and CPU times less so). It print
   outputs and 1 mm displacement fields);
 - **default run**: ``tmstarget DIR OUT participant`` as a user runs it (report and 1000-sample
   bootstrap on), its stages and peak memory (PSS of the process tree, against one float32 copy of
-  the BOLD);
+  the BOLD), and its longest chain of steps that wait for each other (:func:`longest_chain`);
 - **no report**: the same with ``--no-report``;
 - **1,000 participants**: one small participant (4 mm, 160 volumes) alone, then inside a tree of
   1,000 fMRIPrep-shaped participants (``benchmarks/large_tree.py``, 66,000 files), the extra wall
