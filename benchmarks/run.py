@@ -153,18 +153,25 @@ for path in sys.argv[1:]:
 """
 
 
-def stage_times(work_dir):
-    """Seconds per Nipype node (summed over runs) and per Denoise step, from the work dir; and
-    when the first step began (s since the epoch)."""
-    from datetime import datetime
-
+def step_runtimes(work_dir):
+    """{step's folder: Nipype's runtime of the step (its result file's)} of a work dir."""
     from nipype.utils.filemanip import loadpkl
 
+    return {result.parent: loadpkl(result).runtime for result in Path(work_dir).rglob("result_*.pklz")}
+
+
+def _seconds(runtime):
+    return getattr(runtime, "duration", None) or 0.0
+
+
+def stage_times(runtimes, work_dir):
+    """Seconds per Nipype node (summed over runs) and per Denoise step, from the steps' runtimes
+    (:func:`step_runtimes`) and the work dir; and when the first step began (s since the epoch)."""
+    from datetime import datetime
+
     stages, first = {}, float("inf")
-    for result in Path(work_dir).rglob("result_*.pklz"):
-        node = result.parent.name
-        runtime = loadpkl(result).runtime
-        stages[node] = stages.get(node, 0.0) + (getattr(runtime, "duration", None) or 0.0)
+    for folder, runtime in runtimes.items():
+        stages[folder.name] = stages.get(folder.name, 0.0) + _seconds(runtime)
         if getattr(runtime, "startTime", None):  # Nipype's local time, as datetime.now() gives it
             first = min(first, datetime.fromisoformat(str(runtime.startTime)).timestamp())
     for timing in Path(work_dir).rglob("denoise/timings.json"):
@@ -173,20 +180,17 @@ def stage_times(work_dir):
     return stages, first
 
 
-def longest_chain(work_dir):
+def longest_chain(runtimes):
     """The longest chain of steps of a run, each waiting for the one before (Nipype's
-    ``input_source`` of each step's ``_node.pklz``), by the steps' durations: no number of CPUs
-    runs the graph in less. Returns (seconds, [(step name, seconds), ...]) in run order."""
+    ``input_source`` of each step's ``_node.pklz``), by the steps' durations (``runtimes``, of
+    :func:`step_runtimes`): no number of CPUs runs the graph in less. Returns
+    (seconds, [(step name, seconds), ...]) in run order."""
     from nipype.utils.filemanip import loadpkl
 
-    duration, parents = {}, {}
-    for node_file in Path(work_dir).rglob("_node.pklz"):
-        folder = node_file.parent
-        results = list(folder.glob("result_*.pklz"))
-        runtime = loadpkl(results[0]).runtime if results else None
-        duration[folder] = getattr(runtime, "duration", None) or 0.0
-        parents[folder] = {Path(source[0]).parent
-                           for source in getattr(loadpkl(node_file), "input_source", {}).values()}
+    duration = {folder: _seconds(runtime) for folder, runtime in runtimes.items()}
+    parents = {folder: {Path(source[0]).parent for source in
+                        getattr(loadpkl(folder / "_node.pklz"), "input_source", {}).values()}
+               for folder in duration}
     chains = {}
 
     def chain(folder):  # the longest chain that ends with this step: (seconds, folders)
@@ -287,7 +291,8 @@ def main(argv=None):
          f"  CPU {no_report['cpu'] / floor['cpu']:.2f}x")
     print(f"peak memory {default['memory']:.0f} MB: {default['memory'] / bold_mb:.2f} of one float32 copy of the "
           f"BOLD (goal < 1); target {target_error(default['out'], truth):.1f} mm from the planted one")
-    stages, first_step = stage_times(default["work"])
+    runtimes = step_runtimes(default["work"])
+    stages, first_step = stage_times(runtimes, default["work"])
     print("stages of the last default run (s): " + ", ".join(
         f"{name.strip()} {seconds:.2f}" for name, seconds in
         sorted(stages.items(), key=lambda kv: (kv[0].strip().split(".")[0], kv[0])) if seconds >= 0.05))
@@ -295,7 +300,7 @@ def main(argv=None):
     start_up = first_step - default["launched"]
     print(f"start-up (imports, pybids, checks, the graph) until the first step: {start_up:.2f} s")
     # What more CPUs could not shorten: the start-up, then the steps that wait for each other.
-    chain_s, chain = longest_chain(default["work"])
+    chain_s, chain = longest_chain(runtimes)
     print(f"longest chain of steps: {chain_s:.2f} s; with the start-up {start_up + chain_s:.2f} s, "
           f"{(start_up + chain_s) / floor['wall']:.2f}x the floor: " + ", ".join(
               f"{name} {seconds:.2f}" for name, seconds in chain if seconds >= 0.05))
